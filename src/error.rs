@@ -1,0 +1,237 @@
+//! The crate's one error type, with KVM's errno for each failure.
+
+use crate::types::SlotId;
+
+/// Linux errno values that [`Error::errno`] returns (positive, as `errno` is).
+pub mod errno {
+    /// No such file or directory: a dirty-log call names a missing slot or one without logging.
+    pub const ENOENT: i32 = 2;
+    /// I/O error: KVM's answer to broken internal accounting.
+    pub const EIO: i32 = 5;
+    /// Out of memory.
+    pub const ENOMEM: i32 = 12;
+    /// File exists: the new slot's gfn range overlaps another slot.
+    pub const EEXIST: i32 = 17;
+    /// Invalid argument: every malformed request.
+    pub const EINVAL: i32 = 22;
+}
+
+/// Which immutable property of an existing slot a request tried to change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SlotField {
+    /// `userspace_addr`.
+    UserspaceAddr,
+    /// `memory_size` (the page count).
+    Size,
+    /// The `READONLY` flag.
+    ReadOnly,
+}
+
+impl core::fmt::Display for SlotField {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            Self::UserspaceAddr => "userspace_addr",
+            Self::Size => "memory_size",
+            Self::ReadOnly => "the READONLY flag",
+        })
+    }
+}
+
+/// Which [`Limits`](crate::Limits) value was out of range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LimitsError {
+    /// The page shift, outside 12..=30.
+    PageShift(u32),
+    /// The number of address spaces, outside 1..=16.
+    AddressSpaces(u16),
+    /// The slot counts, not `0 < user <= total <= 32767`.
+    Slots {
+        /// User slots asked for.
+        user: u16,
+        /// Total slots asked for.
+        total: u16,
+    },
+    /// The largest page count per slot, 0.
+    MaxPages(u64),
+}
+
+impl core::fmt::Display for LimitsError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::PageShift(s) => write!(f, "page shift {s} is outside 12..=30"),
+            Self::AddressSpaces(n) => write!(f, "{n} address spaces is outside 1..=16"),
+            Self::Slots { user, total } => {
+                write!(
+                    f,
+                    "{user} user slots of {total} is not 0 < user <= total <= 32767"
+                )
+            }
+            Self::MaxPages(n) => write!(f, "at most {n} pages per slot"),
+        }
+    }
+}
+
+/// Why a request or call was refused.
+///
+/// Every failure leaves every published version as it was. [`errno`](Self::errno) gives the
+/// errno KVM returns for the same failure, so a VMM can pass it on unchanged.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The request carries flags outside `LOG_DIRTY_PAGES | READONLY`, or `READONLY` where it
+    /// is not supported, or an internal slot was given any flag (EINVAL).
+    #[error("invalid flags {flags:#x}")]
+    InvalidFlags {
+        /// The request's flags.
+        flags: u32,
+    },
+    /// `memory_size` is not a multiple of the page size (EINVAL).
+    #[error("memory_size {size:#x} is not page-aligned")]
+    UnalignedSize {
+        /// The request's size.
+        size: u64,
+    },
+    /// `guest_phys_addr` is not page-aligned (EINVAL).
+    #[error("guest_phys_addr {gpa:#x} is not page-aligned")]
+    UnalignedGpa {
+        /// The request's guest physical address.
+        gpa: u64,
+    },
+    /// `userspace_addr` is not page-aligned (EINVAL).
+    #[error("userspace_addr {hva:#x} is not page-aligned")]
+    UnalignedHva {
+        /// The request's host virtual address.
+        hva: u64,
+    },
+    /// `userspace_addr + memory_size` wraps around (EINVAL; the kernel's `access_ok` check).
+    #[error("userspace_addr {hva:#x} + memory_size {size:#x} wraps around")]
+    HvaOverflow {
+        /// The request's host virtual address.
+        hva: u64,
+        /// The request's size.
+        size: u64,
+    },
+    /// The address space does not exist (EINVAL).
+    #[error("address space {as_id} does not exist (there are {address_spaces})")]
+    InvalidAddressSpace {
+        /// The address space asked for.
+        as_id: u16,
+        /// How many there are.
+        address_spaces: u16,
+    },
+    /// The slot id is not below the limit for this call: the user-slot limit for
+    /// `set_user_memory_region` and the dirty-log calls, the total for internal slots (EINVAL).
+    #[error("slot id {slot} is not below {limit}")]
+    InvalidSlotId {
+        /// The slot asked for.
+        slot: SlotId,
+        /// The limit it broke.
+        limit: u16,
+    },
+    /// An internal-slot call named a user slot id (EINVAL).
+    #[error(
+        "slot id {slot} is a user slot, not an internal one (user slots are below {user_slots})"
+    )]
+    NotInternalSlot {
+        /// The slot asked for.
+        slot: SlotId,
+        /// The user-slot limit.
+        user_slots: u16,
+    },
+    /// `guest_phys_addr + memory_size` wraps around (EINVAL).
+    #[error("guest_phys_addr {gpa:#x} + memory_size {size:#x} wraps around")]
+    GpaOverflow {
+        /// The request's guest physical address.
+        gpa: u64,
+        /// The request's size.
+        size: u64,
+    },
+    /// The slot would have more pages than a slot may have (EINVAL).
+    #[error("{npages} pages is more than the {max} a slot may have")]
+    TooManyPages {
+        /// Pages asked for.
+        npages: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// A delete named a slot that does not exist (EINVAL, as the kernel answers it).
+    #[error("slot {slot} does not exist")]
+    NoSuchSlot {
+        /// The slot asked for.
+        slot: SlotId,
+    },
+    /// The VM's total page count would overflow (EINVAL).
+    #[error("adding {npages} pages overflows the VM's page count")]
+    PageCountOverflow {
+        /// Pages asked for.
+        npages: u64,
+    },
+    /// The request changes a property that is fixed once a slot exists (EINVAL): delete the slot
+    /// and create it again instead.
+    #[error("slot {slot}: {field} cannot change on an existing slot")]
+    ImmutableField {
+        /// The slot asked for.
+        slot: SlotId,
+        /// What it tried to change.
+        field: SlotField,
+    },
+    /// The slot's gfn range overlaps another slot of the same address space (EEXIST).
+    #[error("slot {slot} overlaps slot {existing} in guest physical memory")]
+    Overlap {
+        /// The slot asked for.
+        slot: SlotId,
+        /// The slot it would overlap.
+        existing: SlotId,
+    },
+    /// [`Limits`](crate::Limits) were given a value the kernel could not have (EINVAL).
+    #[error("invalid limits: {0}")]
+    InvalidLimits(LimitsError),
+}
+
+impl Error {
+    /// The positive errno KVM returns for the same failure (see [`errno`]).
+    ///
+    /// ```
+    /// use memslots::{errno, Limits, Memslots, UserspaceMemoryRegion};
+    /// let vm = Memslots::new(Limits::default());
+    /// let err = vm.set_user_memory_region(UserspaceMemoryRegion::delete(7)).unwrap_err();
+    /// assert_eq!(err.errno(), errno::EINVAL);
+    /// ```
+    #[must_use]
+    pub fn errno(&self) -> i32 {
+        match self {
+            Self::Overlap { .. } => errno::EEXIST,
+            Self::InvalidFlags { .. }
+            | Self::UnalignedSize { .. }
+            | Self::UnalignedGpa { .. }
+            | Self::UnalignedHva { .. }
+            | Self::HvaOverflow { .. }
+            | Self::InvalidAddressSpace { .. }
+            | Self::InvalidSlotId { .. }
+            | Self::NotInternalSlot { .. }
+            | Self::GpaOverflow { .. }
+            | Self::TooManyPages { .. }
+            | Self::NoSuchSlot { .. }
+            | Self::PageCountOverflow { .. }
+            | Self::ImmutableField { .. }
+            | Self::InvalidLimits(_) => errno::EINVAL,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_name_the_offending_value() {
+        let e = Error::UnalignedGpa { gpa: 0x1234 };
+        assert_eq!(e.to_string(), "guest_phys_addr 0x1234 is not page-aligned");
+        let e = Error::Overlap {
+            slot: SlotId::new(0, 3),
+            existing: SlotId::new(0, 1),
+        };
+        assert_eq!(e.errno(), errno::EEXIST);
+        assert!(e.to_string().contains("0:3") && e.to_string().contains("0:1"));
+    }
+}

@@ -1,0 +1,475 @@
+//! [`MemslotSet`]: one address space's immutable version, kept in three persistent trees.
+
+use core::fmt;
+use core::iter::FusedIterator;
+use core::ops::Range;
+use std::sync::Arc;
+
+use crate::change::SlotLookup;
+use crate::slot::Memslot;
+use crate::tree::{self, Summary, Tree, Visit, Visitor};
+use crate::types::{Gfn, Hva, Limits};
+use crate::view::MemslotRead;
+
+/// Key of the hva tree: host start address, then slot id, since host ranges may coincide.
+type HvaKey = (u64, u16);
+
+/// The hva tree's augmentation: the largest host end address in a subtree.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct MaxEnd(u64);
+
+impl Summary<HvaKey, Arc<Memslot>> for MaxEnd {
+    #[inline]
+    fn of_entry(_: &HvaKey, slot: &Arc<Memslot>) -> Self {
+        MaxEnd(slot.end_hva().0)
+    }
+    #[inline]
+    fn combine(self, other: Self) -> Self {
+        MaxEnd(self.0.max(other.0))
+    }
+}
+
+/// One address space's memslots at one moment: an immutable, structurally shared version.
+///
+/// Three persistent trees index the same `Arc<Memslot>`s: by base gfn (exact and approximate
+/// lookups, gfn-range walks), by host address with each subtree's largest end cached (hva-range
+/// queries), and by id. A new version shares every node it does not change with the version it was
+/// made from, so an update costs O(log n) time and memory however many slots there are, and a
+/// version stays valid, unchanged, for as long as anyone holds it.
+///
+/// | operation | cost |
+/// |---|---|
+/// | [`get`](Self::get), [`find`](Self::find), [`find_approx`](Self::find_approx) | O(log n), no allocation |
+/// | [`iter`](Self::iter) | O(n) for all, O(1) per step amortized |
+/// | [`gfn_range`](Self::gfn_range) | O(log n + k) for k slots |
+/// | [`hva_range`](Self::hva_range) | O(log n + k) nodes for k overlapping slots |
+/// | [`len`](Self::len), [`generation`](Self::generation), [`total_pages`](Self::total_pages) | O(1) |
+/// | [`Clone`] | O(1) |
+/// | an update (by [`Memslots`](crate::Memslots)) | O(log n) time, O(log n) new nodes |
+///
+/// ```
+/// use memslots::{Gfn, Hva, Limits, Memslots, MemFlags, UserspaceMemoryRegion};
+/// let vm = Memslots::new(Limits::default());
+/// // Two slots backed by the same host memory: allowed, as in KVM.
+/// vm.set_user_memory_region(UserspaceMemoryRegion::new(0, MemFlags::empty(), 0x0, 0x10000, 0x7000_0000))?;
+/// vm.set_user_memory_region(UserspaceMemoryRegion::new(1, MemFlags::empty(), 0x100000, 0x10000, 0x7000_0000))?;
+/// let slots = vm.snapshot(0);
+/// assert_eq!(slots.len(), 2);
+/// assert_eq!(slots.find(Gfn(0x105)).map(|s| s.id()), Some(1));
+/// assert!(slots.find(Gfn(0x10)).is_none());
+/// // Which guest frames does invalidating this host page touch?
+/// let hits: Vec<_> = slots.hva_range(Hva(0x7000_3000), Hva(0x7000_4000)).map(|(s, g)| (s.id(), g)).collect();
+/// assert_eq!(hits, [(0, Gfn(0x3)..Gfn(0x4)), (1, Gfn(0x103)..Gfn(0x104))]);
+/// # Ok::<(), memslots::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct MemslotSet {
+    by_gfn: Tree<u64, Arc<Memslot>>,
+    by_hva: Tree<HvaKey, Arc<Memslot>, MaxEnd>,
+    by_id: Tree<u16, Arc<Memslot>>,
+    generation: u64,
+    total_pages: u64,
+    as_id: u16,
+}
+
+impl MemslotSet {
+    /// An empty version of address space `as_id` at `generation`.
+    pub(crate) fn empty(as_id: u16, generation: u64) -> Self {
+        Self {
+            by_gfn: Tree::new(),
+            by_hva: Tree::new(),
+            by_id: Tree::new(),
+            generation,
+            total_pages: 0,
+            as_id,
+        }
+    }
+
+    /// Replaces slot `id` by `new` (removes it when `new` is `None`, adds `new` when there was no
+    /// slot `id`): the kernel's `kvm_replace_memslot`. Copies only the changed tree paths when the
+    /// trees are shared with another version.
+    pub(crate) fn replace(&mut self, id: u16, new: Option<Arc<Memslot>>) {
+        let old = self.by_id.remove(&id);
+        if let Some(old) = &old {
+            self.by_hva.remove(&(old.userspace_addr().0, id));
+            self.total_pages -= old.npages();
+            if new.as_ref().map(|n| n.base_gfn()) != Some(old.base_gfn()) {
+                self.by_gfn.remove(&old.base_gfn().0);
+            }
+        }
+        if let Some(new) = new {
+            self.total_pages += new.npages();
+            self.by_id.insert(id, Arc::clone(&new));
+            self.by_hva
+                .insert((new.userspace_addr().0, id), Arc::clone(&new));
+            self.by_gfn.insert(new.base_gfn().0, new);
+        }
+    }
+
+    pub(crate) fn set_generation(&mut self, generation: u64) {
+        self.generation = generation;
+    }
+
+    /// The address space this version belongs to.
+    ///
+    /// Time: O(1).
+    #[must_use]
+    pub fn as_id(&self) -> u16 {
+        self.as_id
+    }
+
+    /// The generation: address space `i` starts at `i` and each published version adds the number
+    /// of address spaces, as in KVM. A cache keyed by generation is valid for exactly one version.
+    ///
+    /// Time: O(1).
+    #[must_use]
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The number of slots.
+    ///
+    /// Time: O(1).
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    /// Whether there are no slots.
+    ///
+    /// Time: O(1).
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
+    /// The pages of all slots together.
+    ///
+    /// Time: O(1).
+    #[must_use]
+    pub fn total_pages(&self) -> u64 {
+        self.total_pages
+    }
+
+    /// The slot with id `id`.
+    ///
+    /// Time: O(log n).
+    #[must_use]
+    pub fn get(&self, id: u16) -> Option<&Memslot> {
+        self.by_id.get(&id).map(|s| &**s)
+    }
+
+    /// The slot whose gfn range `[base, base + npages)` holds `gfn` (KVM's `search_memslots`).
+    ///
+    /// Time: O(log n); no allocation, no lock.
+    #[must_use]
+    #[inline]
+    pub fn find(&self, gfn: Gfn) -> Option<&Memslot> {
+        match self.by_gfn.floor(&gfn.0) {
+            Some((_, slot)) if slot.contains(gfn) => Some(slot),
+            _ => None,
+        }
+    }
+
+    /// The slot holding `gfn` or, when none does, a slot bordering the hole: the one with the
+    /// greatest base below `gfn`, or failing that the lowest slot (the array-era
+    /// `search_memslots(.., approx = true)` rule). `None` only when the version is empty.
+    ///
+    /// Time: O(log n).
+    #[must_use]
+    pub fn find_approx(&self, gfn: Gfn) -> Option<&Memslot> {
+        self.by_gfn
+            .floor(&gfn.0)
+            .or_else(|| self.by_gfn.first())
+            .map(|(_, s)| &**s)
+    }
+
+    /// Every slot, in ascending gfn order.
+    ///
+    /// Time: O(n) for the whole walk; no allocation.
+    #[must_use]
+    pub fn iter(&self) -> Iter<'_> {
+        Iter {
+            inner: self.by_gfn.iter(),
+        }
+    }
+
+    /// The slots intersecting `[start, end)`, in ascending gfn order (KVM's
+    /// `kvm_for_each_memslot_in_gfn_range`); none when `start >= end`.
+    ///
+    /// Time: O(log n + k) for k slots; no allocation.
+    #[must_use]
+    pub fn gfn_range(&self, start: Gfn, end: Gfn) -> GfnRange<'_> {
+        let end = end.0.max(start.0);
+        let from = match self.by_gfn.floor(&start.0) {
+            Some((base, slot)) if slot.end_gfn() > start => *base,
+            _ => start.0,
+        };
+        GfnRange {
+            inner: self.by_gfn.range(from..end),
+        }
+    }
+
+    /// Every slot whose host range intersects `[start, end)`, with the guest frames that the
+    /// clamped host range covers, partial pages counting as whole ones (KVM's
+    /// `__kvm_handle_hva_range`). In ascending order of host start address, then slot id. Slots
+    /// being deleted or moved (`INVALID`) are included, as in the kernel.
+    ///
+    /// Time: O(log n + k) visited nodes for k matches; no allocation.
+    #[must_use]
+    pub fn hva_range(&self, start: Hva, end: Hva) -> HvaRange<'_> {
+        // An empty query stops at once: every key is at or past an end of 0.
+        let (q_start, q_end) = if start < end {
+            (start.0, end.0)
+        } else {
+            (0, 0)
+        };
+        HvaRange {
+            inner: self.by_hva.search_by(Overlaps {
+                start: q_start,
+                end: q_end,
+            }),
+            start,
+            end,
+        }
+    }
+
+    /// Checks the three trees and the counters against each other: the same slots in each, keyed
+    /// by their own fields, no two overlapping in gfn, counters right, each tree's own invariants.
+    /// Tests and fuzzing call it after every step.
+    ///
+    /// Time: O(n log n).
+    ///
+    /// # Errors
+    /// A description of the first broken invariant.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        self.by_gfn
+            .check_invariants()
+            .map_err(|v| format!("gfn tree: {v}"))?;
+        self.by_hva
+            .check_invariants()
+            .map_err(|v| format!("hva tree: {v}"))?;
+        self.by_id
+            .check_invariants()
+            .map_err(|v| format!("id tree: {v}"))?;
+        let n = self.by_id.len();
+        if self.by_gfn.len() != n || self.by_hva.len() != n {
+            return Err(format!(
+                "sizes differ: id {n}, gfn {}, hva {}",
+                self.by_gfn.len(),
+                self.by_hva.len()
+            ));
+        }
+        let mut pages = 0u64;
+        let mut prev_end = None;
+        for (base, slot) in self.by_gfn.iter() {
+            if *base != slot.base_gfn().0 || slot.as_id() != self.as_id {
+                return Err(format!("{slot:?} filed under gfn {base:#x}"));
+            }
+            if prev_end.is_some_and(|end| end > *base) {
+                return Err(format!("{slot:?} overlaps its predecessor"));
+            }
+            prev_end = Some(slot.end_gfn().0);
+            let same = |s: Option<&Arc<Memslot>>| s.is_some_and(|s| Arc::ptr_eq(s, slot));
+            if !same(self.by_id.get(&slot.id()))
+                || !same(self.by_hva.get(&(slot.userspace_addr().0, slot.id())))
+            {
+                return Err(format!("{slot:?} is not the same slot in every tree"));
+            }
+            pages += slot.npages();
+        }
+        if pages != self.total_pages {
+            return Err(format!(
+                "total_pages {} but slots hold {pages}",
+                self.total_pages
+            ));
+        }
+        Ok(())
+    }
+
+    /// The three trees, for the diff and memory accounting.
+    #[allow(dead_code)]
+    pub(crate) fn node_count(&self) -> usize {
+        self.by_gfn.node_count() + self.by_hva.node_count() + self.by_id.node_count()
+    }
+}
+
+impl fmt::Debug for MemslotSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemslotSet")
+            .field("as_id", &self.as_id)
+            .field("generation", &self.generation)
+            .field("total_pages", &self.total_pages)
+            .field("slots", &DebugSlots(self))
+            .finish()
+    }
+}
+
+struct DebugSlots<'a>(&'a MemslotSet);
+
+impl fmt::Debug for DebugSlots<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.0.iter()).finish()
+    }
+}
+
+impl<'a> IntoIterator for &'a MemslotSet {
+    type Item = &'a Memslot;
+    type IntoIter = Iter<'a>;
+    fn into_iter(self) -> Iter<'a> {
+        self.iter()
+    }
+}
+
+impl SlotLookup for MemslotSet {
+    fn slot(&self, id: u16) -> Option<&Memslot> {
+        self.get(id)
+    }
+
+    fn overlapping(&self, id: u16, start: Gfn, end: Gfn) -> Option<&Memslot> {
+        // The walk stops at the first slot that is not the one being moved: at most two steps.
+        self.gfn_range(start, end).find(|s| s.id() != id)
+    }
+}
+
+impl crate::publish::Version for MemslotSet {
+    fn empty(as_id: u16, generation: u64, _: &Limits) -> Self {
+        Self::empty(as_id, generation)
+    }
+
+    fn replaced(&self, id: u16, new: Option<Memslot>, generation: u64) -> Self {
+        let mut next = self.clone();
+        next.replace(id, new.map(Arc::new));
+        next.generation = generation;
+        next
+    }
+}
+
+impl MemslotRead for MemslotSet {
+    fn as_id(&self) -> u16 {
+        self.as_id
+    }
+    fn generation(&self) -> u64 {
+        self.generation
+    }
+    fn len(&self) -> usize {
+        self.len()
+    }
+    fn total_pages(&self) -> u64 {
+        self.total_pages
+    }
+    fn get(&self, id: u16) -> Option<&Memslot> {
+        self.get(id)
+    }
+    #[inline]
+    fn find(&self, gfn: Gfn) -> Option<&Memslot> {
+        self.find(gfn)
+    }
+    fn find_approx(&self, gfn: Gfn) -> Option<&Memslot> {
+        self.find_approx(gfn)
+    }
+    fn iter(&self) -> impl Iterator<Item = &Memslot> + '_ {
+        self.iter()
+    }
+    fn gfn_range(&self, start: Gfn, end: Gfn) -> impl Iterator<Item = &Memslot> + '_ {
+        self.gfn_range(start, end)
+    }
+    fn hva_range(&self, start: Hva, end: Hva) -> impl Iterator<Item = (&Memslot, Range<Gfn>)> + '_ {
+        self.hva_range(start, end)
+    }
+}
+
+/// Every slot of a [`MemslotSet`] in ascending gfn order.
+///
+/// This `struct` is created by [`MemslotSet::iter`].
+#[derive(Clone)]
+pub struct Iter<'a> {
+    inner: tree::Iter<'a, u64, Arc<Memslot>, (), { tree::DEFAULT_B }>,
+}
+
+impl<'a> Iterator for Iter<'a> {
+    type Item = &'a Memslot;
+    #[inline]
+    fn next(&mut self) -> Option<&'a Memslot> {
+        self.inner.next().map(|(_, s)| &**s)
+    }
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.inner.size_hint()
+    }
+}
+
+impl ExactSizeIterator for Iter<'_> {}
+impl FusedIterator for Iter<'_> {}
+
+/// The slots of a [`MemslotSet`] that intersect a gfn range, in ascending gfn order.
+///
+/// This `struct` is created by [`MemslotSet::gfn_range`].
+#[derive(Clone)]
+pub struct GfnRange<'a> {
+    inner: tree::Range<'a, u64, Arc<Memslot>, (), { tree::DEFAULT_B }>,
+}
+
+impl<'a> Iterator for GfnRange<'a> {
+    type Item = &'a Memslot;
+    #[inline]
+    fn next(&mut self) -> Option<&'a Memslot> {
+        self.inner.next().map(|(_, s)| &**s)
+    }
+}
+
+impl FusedIterator for GfnRange<'_> {}
+
+/// Prunes the hva tree to the subtrees that may hold a slot overlapping `[start, end)`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Overlaps {
+    start: u64,
+    end: u64,
+}
+
+impl Visitor<HvaKey, MaxEnd> for Overlaps {
+    #[inline]
+    fn visit(&mut self, min_key: &HvaKey, summary: &MaxEnd) -> Visit {
+        if min_key.0 >= self.end {
+            // Keys ascend: this subtree and every later one start at or past the end.
+            Visit::Stop
+        } else if summary.0 <= self.start {
+            Visit::Skip
+        } else {
+            Visit::Enter
+        }
+    }
+}
+
+/// The slots of a [`MemslotSet`] whose host range intersects an hva range, each with the gfn
+/// range it covers.
+///
+/// This `struct` is created by [`MemslotSet::hva_range`].
+pub struct HvaRange<'a> {
+    inner: tree::Search<'a, HvaKey, Arc<Memslot>, MaxEnd, Overlaps, { tree::DEFAULT_B }>,
+    start: Hva,
+    end: Hva,
+}
+
+impl<'a> Iterator for HvaRange<'a> {
+    type Item = (&'a Memslot, Range<Gfn>);
+    #[inline]
+    fn next(&mut self) -> Option<Self::Item> {
+        self.inner
+            .next()
+            .map(|(_, slot)| (&**slot, slot.clamp_hva_range(self.start, self.end)))
+    }
+}
+
+impl FusedIterator for HvaRange<'_> {}
+
+macro_rules! opaque_debug {
+    ($($name:ident),*) => {$(
+        impl fmt::Debug for $name<'_> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_struct(stringify!($name)).finish_non_exhaustive()
+            }
+        }
+    )*};
+}
+
+opaque_debug!(Iter, GfnRange, HvaRange);

@@ -1,0 +1,418 @@
+//! Non-allocating iterators: the descent path lives in a fixed-capacity
+//! [`ArrayVec`] of [`MAX_DEPTH`] frames.
+
+use std::iter::FusedIterator;
+use std::ops::Bound;
+
+use arrayvec::ArrayVec;
+
+use super::node::{child_index, rank_le, rank_lt, Internal, Leaf, Node};
+use super::Visitor;
+use super::{Summary, Visit, MAX_DEPTH};
+
+/// A position on one entry: the internal nodes on the path with the index of
+/// the child taken, plus the leaf and the index in it.
+pub(crate) struct Cursor<'a, K, V, S, const B: usize> {
+    stack: ArrayVec<(&'a Internal<K, V, S, B>, usize), MAX_DEPTH>,
+    leaf: &'a Leaf<K, V, B>,
+    pos: usize,
+}
+
+impl<K, V, S, const B: usize> Clone for Cursor<'_, K, V, S, B> {
+    fn clone(&self) -> Self {
+        Cursor {
+            stack: self.stack.clone(),
+            leaf: self.leaf,
+            pos: self.pos,
+        }
+    }
+}
+
+impl<'a, K: Ord, V, S, const B: usize> Cursor<'a, K, V, S, B> {
+    /// Descends from `node` taking the child `pick(internal)` at each level,
+    /// and places the cursor at `at(leaf)` in the leaf reached. The flag is
+    /// `false` (and the position 0) when `at` found no suitable entry.
+    fn descend(
+        mut stack: ArrayVec<(&'a Internal<K, V, S, B>, usize), MAX_DEPTH>,
+        mut node: &'a Node<K, V, S, B>,
+        pick: impl Fn(&'a Internal<K, V, S, B>) -> usize,
+        at: impl FnOnce(&'a Leaf<K, V, B>) -> Option<usize>,
+    ) -> (Self, bool) {
+        loop {
+            match node {
+                Node::Internal(n) => {
+                    let i = pick(n);
+                    stack.push((n, i));
+                    node = &n.children[i];
+                }
+                Node::Leaf(leaf) => {
+                    let (pos, found) = match at(leaf) {
+                        Some(pos) => (pos, true),
+                        None => (0, false),
+                    };
+                    return (Cursor { stack, leaf, pos }, found);
+                }
+            }
+        }
+    }
+
+    /// The first entry of the subtree.
+    pub(crate) fn first(root: &'a Node<K, V, S, B>) -> Self {
+        Self::descend(ArrayVec::new(), root, |_| 0, |_| Some(0)).0
+    }
+
+    /// The last entry of the subtree.
+    pub(crate) fn last(root: &'a Node<K, V, S, B>) -> Self {
+        Self::descend(
+            ArrayVec::new(),
+            root,
+            |n| n.children.len() - 1,
+            |l| Some(l.keys.len() - 1),
+        )
+        .0
+    }
+
+    /// The first entry inside `bound` taken as a lower bound, if any.
+    pub(crate) fn lower_bound(root: &'a Node<K, V, S, B>, bound: Bound<&K>) -> Option<Self> {
+        let pick = |n: &Internal<K, V, S, B>| match bound {
+            Bound::Unbounded => 0,
+            Bound::Included(k) | Bound::Excluded(k) => child_index(&n.keys, k),
+        };
+        let at = |l: &Leaf<K, V, B>| {
+            let pos = match bound {
+                Bound::Unbounded => 0,
+                Bound::Included(k) => rank_lt(&l.keys, k),
+                Bound::Excluded(k) => rank_le(&l.keys, k),
+            };
+            (pos < l.keys.len()).then_some(pos)
+        };
+        let (mut cursor, found) = Self::descend(ArrayVec::new(), root, pick, at);
+        // Every key of this leaf is below the bound: the answer starts the next leaf.
+        if found || cursor.next_leaf() {
+            Some(cursor)
+        } else {
+            None
+        }
+    }
+
+    /// The last entry inside `bound` taken as an upper bound, if any.
+    pub(crate) fn upper_bound(root: &'a Node<K, V, S, B>, bound: Bound<&K>) -> Option<Self> {
+        // Each child taken has its smallest key inside the bound, so the leaf
+        // reached always holds the answer, unless the whole tree is above it.
+        let last_in = |keys: &[K]| -> Option<usize> {
+            match bound {
+                Bound::Unbounded => keys.len().checked_sub(1),
+                Bound::Included(k) => rank_le(keys, k).checked_sub(1),
+                Bound::Excluded(k) => rank_lt(keys, k).checked_sub(1),
+            }
+        };
+        last_in(std::slice::from_ref(root.first_key()))?;
+        let pick = |n: &Internal<K, V, S, B>| last_in(&n.keys).unwrap_or(0);
+        let (cursor, found) = Self::descend(ArrayVec::new(), root, pick, |l| last_in(&l.keys));
+        found.then_some(cursor)
+    }
+}
+
+impl<'a, K, V, S, const B: usize> Cursor<'a, K, V, S, B> {
+    #[inline]
+    pub(crate) fn get(&self) -> (&'a K, &'a V) {
+        (&self.leaf.keys[self.pos], &self.leaf.vals[self.pos])
+    }
+
+    /// Same entry as `other` (both cursors on the same tree).
+    #[inline]
+    fn same(&self, other: &Self) -> bool {
+        std::ptr::eq(self.leaf, other.leaf) && self.pos == other.pos
+    }
+
+    /// Moves to the next entry; `false` (and the cursor is spent) at the end.
+    #[inline]
+    pub(crate) fn next(&mut self) -> bool {
+        if self.pos + 1 < self.leaf.keys.len() {
+            self.pos += 1;
+            true
+        } else {
+            self.next_leaf()
+        }
+    }
+
+    /// Moves to the first entry of the next leaf.
+    fn next_leaf(&mut self) -> bool {
+        while let Some(top) = self.stack.last_mut() {
+            let n: &'a Internal<K, V, S, B> = top.0;
+            if top.1 + 1 < n.children.len() {
+                top.1 += 1;
+                let mut node: &'a Node<K, V, S, B> = &n.children[top.1];
+                loop {
+                    match node {
+                        Node::Internal(n) => {
+                            self.stack.push((n, 0));
+                            node = &n.children[0];
+                        }
+                        Node::Leaf(l) => {
+                            self.leaf = l;
+                            self.pos = 0;
+                            return true;
+                        }
+                    }
+                }
+            }
+            self.stack.pop();
+        }
+        false
+    }
+
+    /// Moves to the previous entry; `false` (and the cursor is spent) at the
+    /// start.
+    #[inline]
+    pub(crate) fn prev(&mut self) -> bool {
+        if self.pos > 0 {
+            self.pos -= 1;
+            return true;
+        }
+        while let Some(top) = self.stack.last_mut() {
+            let n: &'a Internal<K, V, S, B> = top.0;
+            if top.1 > 0 {
+                top.1 -= 1;
+                let mut node: &'a Node<K, V, S, B> = &n.children[top.1];
+                loop {
+                    match node {
+                        Node::Internal(n) => {
+                            let i = n.children.len() - 1;
+                            self.stack.push((n, i));
+                            node = &n.children[i];
+                        }
+                        Node::Leaf(l) => {
+                            self.leaf = l;
+                            self.pos = l.keys.len() - 1;
+                            return true;
+                        }
+                    }
+                }
+            }
+            self.stack.pop();
+        }
+        false
+    }
+}
+
+/// Double-ended iterator over the entries of a [`Tree`](super::Tree) in key
+/// order, from [`Tree::iter`](super::Tree::iter). Does not allocate.
+pub struct Iter<'a, K, V, S, const B: usize> {
+    front: Option<Cursor<'a, K, V, S, B>>,
+    back: Option<Cursor<'a, K, V, S, B>>,
+    remaining: usize,
+}
+
+impl<'a, K: Ord, V, S, const B: usize> Iter<'a, K, V, S, B> {
+    pub(crate) fn new(root: Option<&'a Node<K, V, S, B>>, len: usize) -> Self {
+        Iter {
+            front: root.map(Cursor::first),
+            back: root.map(Cursor::last),
+            remaining: len,
+        }
+    }
+}
+
+impl<K, V, S, const B: usize> Clone for Iter<'_, K, V, S, B> {
+    fn clone(&self) -> Self {
+        Iter {
+            front: self.front.clone(),
+            back: self.back.clone(),
+            remaining: self.remaining,
+        }
+    }
+}
+
+impl<'a, K, V, S, const B: usize> Iterator for Iter<'a, K, V, S, B> {
+    type Item = (&'a K, &'a V);
+
+    #[inline]
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.remaining == 0 {
+            return None;
+        }
+        self.remaining -= 1;
+        let cursor = self.front.as_mut()?;
+        let item = cursor.get();
+        if self.remaining > 0 {
+            cursor.next();
+        }
+        Some(item)
+    }
+
+    #[inline]
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.remaining, Some(self.remaining))
+    }
+}
+
+impl<K, V, S, const B: usize> DoubleEndedIterator for Iter<'_, K, V, S, B> {
+    #[inline]
+    fn next_back(&mut self) -> Option<Self::Item> {
+        if self.remaining == 0 {
+            return None;
+        }
+        self.remaining -= 1;
+        let cursor = self.back.as_mut()?;
+        let item = cursor.get();
+        if self.remaining > 0 {
+            cursor.prev();
+        }
+        Some(item)
+    }
+}
+
+impl<K, V, S, const B: usize> ExactSizeIterator for Iter<'_, K, V, S, B> {}
+impl<K, V, S, const B: usize> FusedIterator for Iter<'_, K, V, S, B> {}
+
+/// Front and back cursors of a non-empty range.
+type Ends<'a, K, V, S, const B: usize> = (Cursor<'a, K, V, S, B>, Cursor<'a, K, V, S, B>);
+
+/// Double-ended iterator over the entries of a [`Tree`](super::Tree) whose keys
+/// fall in a range, in key order, from [`Tree::range`](super::Tree::range).
+/// Does not allocate.
+pub struct Range<'a, K, V, S, const B: usize> {
+    /// `None` once exhausted; otherwise the next entries to yield from each end.
+    ends: Option<Ends<'a, K, V, S, B>>,
+}
+
+impl<'a, K: Ord, V, S, const B: usize> Range<'a, K, V, S, B> {
+    pub(crate) fn new(
+        root: Option<&'a Node<K, V, S, B>>,
+        start: Bound<&K>,
+        end: Bound<&K>,
+    ) -> Self {
+        let ends = root.and_then(|root| {
+            let front = Cursor::lower_bound(root, start)?;
+            let back = Cursor::upper_bound(root, end)?;
+            (front.get().0 <= back.get().0).then_some((front, back))
+        });
+        Range { ends }
+    }
+}
+
+impl<K, V, S, const B: usize> Clone for Range<'_, K, V, S, B> {
+    fn clone(&self) -> Self {
+        Range {
+            ends: self.ends.clone(),
+        }
+    }
+}
+
+impl<'a, K, V, S, const B: usize> Iterator for Range<'a, K, V, S, B> {
+    type Item = (&'a K, &'a V);
+
+    #[inline]
+    fn next(&mut self) -> Option<Self::Item> {
+        let (front, back) = self.ends.as_mut()?;
+        let item = front.get();
+        if front.same(back) || !front.next() {
+            self.ends = None;
+        }
+        Some(item)
+    }
+}
+
+impl<K, V, S, const B: usize> DoubleEndedIterator for Range<'_, K, V, S, B> {
+    #[inline]
+    fn next_back(&mut self) -> Option<Self::Item> {
+        let (front, back) = self.ends.as_mut()?;
+        let item = back.get();
+        if front.same(back) || !back.prev() {
+            self.ends = None;
+        }
+        Some(item)
+    }
+}
+
+impl<K, V, S, const B: usize> FusedIterator for Range<'_, K, V, S, B> {}
+
+/// Pruned in-order iterator from [`Tree::search`](super::Tree::search): yields
+/// the entries whose subtrees and entries were all `Enter`ed by the visitor.
+/// Does not allocate.
+pub struct Search<'a, K, V, S, F, const B: usize> {
+    stack: ArrayVec<(&'a Internal<K, V, S, B>, usize), MAX_DEPTH>,
+    leaf: Option<(&'a Leaf<K, V, B>, usize)>,
+    visit: F,
+    done: bool,
+    nodes: usize,
+}
+
+impl<'a, K, V, S, F, const B: usize> Search<'a, K, V, S, F, B> {
+    pub(crate) fn new(root: Option<&'a Node<K, V, S, B>>, visit: F) -> Self {
+        let mut search = Search {
+            stack: ArrayVec::new(),
+            leaf: None,
+            visit,
+            done: root.is_none(),
+            nodes: 0,
+        };
+        if let Some(root) = root {
+            search.enter(root);
+        }
+        search
+    }
+
+    fn enter(&mut self, node: &'a Node<K, V, S, B>) {
+        self.nodes += 1;
+        match node {
+            Node::Internal(n) => self.stack.push((n, 0)),
+            Node::Leaf(l) => self.leaf = Some((l, 0)),
+        }
+    }
+
+    /// Nodes opened so far (the root, and every child the visitor entered).
+    /// A measure of the work done, for tests and tuning.
+    pub fn nodes_visited(&self) -> usize {
+        self.nodes
+    }
+}
+
+impl<'a, K, V, S, F, const B: usize> Iterator for Search<'a, K, V, S, F, B>
+where
+    S: Summary<K, V>,
+    F: Visitor<K, S>,
+{
+    type Item = (&'a K, &'a V);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        while !self.done {
+            if let Some((leaf, i)) = self.leaf {
+                if i < leaf.keys.len() {
+                    self.leaf = Some((leaf, i + 1));
+                    let (k, v) = (&leaf.keys[i], &leaf.vals[i]);
+                    match self.visit.visit(k, &S::of_entry(k, v)) {
+                        Visit::Enter => return Some((k, v)),
+                        Visit::Skip => continue,
+                        Visit::Stop => break,
+                    }
+                }
+                self.leaf = None;
+            }
+            let Some(top) = self.stack.last_mut() else {
+                break;
+            };
+            let (n, i) = (top.0, top.1);
+            if i == n.children.len() {
+                self.stack.pop();
+                continue;
+            }
+            top.1 += 1;
+            match self.visit.visit(&n.keys[i], &n.sums[i]) {
+                Visit::Enter => self.enter(&n.children[i]),
+                Visit::Skip => {}
+                Visit::Stop => break,
+            }
+        }
+        self.done = true;
+        None
+    }
+}
+
+impl<K, V, S, F, const B: usize> FusedIterator for Search<'_, K, V, S, F, B>
+where
+    S: Summary<K, V>,
+    F: Visitor<K, S>,
+{
+}

@@ -1,0 +1,79 @@
+//! The read side and write side that both designs offer, so that tests and benchmarks are written
+//! once: the trees ([`MemslotSet`](crate::MemslotSet), [`Memslots`](crate::Memslots)) and the
+//! pre-2021 array ([`ArraySet`](crate::baseline::ArraySet),
+//! [`ArrayMemslots`](crate::baseline::ArrayMemslots)).
+
+use core::ops::{Deref, Range};
+
+use crate::error::Error;
+use crate::slot::Memslot;
+use crate::types::{ChangeKind, Gfn, Hva, Limits, UserspaceMemoryRegion};
+
+/// One address space's memslot version, read-only.
+///
+/// Every query is on an immutable version: nothing a writer does later changes what it answers.
+pub trait MemslotRead {
+    /// The address space this version belongs to.
+    fn as_id(&self) -> u16;
+
+    /// The generation: address space `i` starts at `i`, and each published version adds the
+    /// number of address spaces.
+    fn generation(&self) -> u64;
+
+    /// The number of slots.
+    fn len(&self) -> usize;
+
+    /// Whether there are no slots.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The pages of all slots together.
+    fn total_pages(&self) -> u64;
+
+    /// The slot with id `id`.
+    fn get(&self, id: u16) -> Option<&Memslot>;
+
+    /// The slot whose gfn range `[base, base + npages)` holds `gfn`.
+    fn find(&self, gfn: Gfn) -> Option<&Memslot>;
+
+    /// The slot holding `gfn` or, when none does, the one with the greatest base below `gfn`, or
+    /// failing that the lowest slot: the array-era `search_memslots(.., approx = true)` rule. `None`
+    /// only when the version is empty.
+    fn find_approx(&self, gfn: Gfn) -> Option<&Memslot>;
+
+    /// Every slot, in ascending gfn order.
+    fn iter(&self) -> impl Iterator<Item = &Memslot> + '_;
+
+    /// The slots intersecting `[start, end)`, in ascending gfn order (none when `start >= end`).
+    fn gfn_range(&self, start: Gfn, end: Gfn) -> impl Iterator<Item = &Memslot> + '_;
+
+    /// Every slot whose host range intersects `[start, end)`, with the gfn range that the clamped
+    /// host range covers (partial pages count as whole ones); none when `start >= end`. The trees
+    /// yield them in ascending order of host address then slot id, the array in its own order
+    /// (descending gfn), as the 5.14 scan did: compare them as sets.
+    fn hva_range(&self, start: Hva, end: Hva) -> impl Iterator<Item = (&Memslot, Range<Gfn>)> + '_;
+}
+
+/// A VM's memslots with a writer: the `KVM_SET_USER_MEMORY_REGION` side.
+pub trait MemslotStore: Send + Sync {
+    /// One address space's version.
+    type Version: MemslotRead;
+    /// A long-lived handle on a version.
+    type Snapshot: Deref<Target = Self::Version> + Clone + Send + Sync;
+
+    /// The limits requests are checked against.
+    fn limits(&self) -> &Limits;
+
+    /// Applies one request, as the ioctl does.
+    ///
+    /// # Errors
+    /// The kernel's failure for the request, with every published version left as it was.
+    fn set_user_memory_region(&self, region: UserspaceMemoryRegion) -> Result<ChangeKind, Error>;
+
+    /// The current version of address space `as_id`.
+    ///
+    /// # Panics
+    /// If `as_id` is not below the limits' number of address spaces.
+    fn snapshot(&self, as_id: u16) -> Self::Snapshot;
+}

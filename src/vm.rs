@@ -1,0 +1,194 @@
+//! [`Memslots`]: a VM's memslots, published for lock-free readers, updated by one writer at a time.
+
+use core::fmt;
+use core::ops::Deref;
+use std::sync::Arc;
+
+use crate::change::Origin;
+use crate::error::Error;
+use crate::publish::Core;
+use crate::set::MemslotSet;
+use crate::types::{ChangeKind, Limits, UserspaceMemoryRegion};
+use crate::view::MemslotStore;
+
+/// A VM's memory slots: per address space one published [`MemslotSet`], replaced as a whole by
+/// each update.
+///
+/// Writers are serialized by an internal lock (KVM's `slots_lock`); readers never take it. An
+/// update validates the request exactly as `KVM_SET_USER_MEMORY_REGION` does, builds the new version
+/// aside by copying only the tree paths it changes, and publishes it with one atomic swap. A delete
+/// or move first publishes the slot marked `INVALID`, then the final version, as the kernel does, so
+/// generations step the same way.
+///
+/// `Memslots` is `Send + Sync`: share it behind an `Arc` between the VMM thread and the vCPUs.
+///
+/// | operation | cost |
+/// |---|---|
+/// | [`set_user_memory_region`](Self::set_user_memory_region) | O(log n) time and new memory |
+/// | [`snapshot`](Self::snapshot) | O(1): an `Arc` clone, no copy |
+/// | [`new`](Self::new) | O(address spaces) |
+///
+/// ```
+/// use memslots::{ChangeKind, Gfn, Limits, Memslots, MemFlags, UserspaceMemoryRegion};
+/// let vm = Memslots::new(Limits::default());
+/// let ram = UserspaceMemoryRegion::new(0, MemFlags::empty(), 0, 1 << 20, 0x7f00_0000_0000);
+/// assert_eq!(vm.set_user_memory_region(ram)?, ChangeKind::Create);
+/// let before = vm.snapshot(0);
+///
+/// // Move the slot: the old snapshot still sees the old layout.
+/// let moved = UserspaceMemoryRegion { guest_phys_addr: 1 << 32, ..ram };
+/// assert_eq!(vm.set_user_memory_region(moved)?, ChangeKind::Move);
+/// assert_eq!(before.find(Gfn(0)).map(|s| s.id()), Some(0));
+/// assert!(vm.snapshot(0).find(Gfn(0)).is_none());
+/// // Generations: address space 0 starts at 0 and steps by 2 (the number of address spaces) per
+/// // published version; the move published two (INVALID, then final).
+/// assert_eq!((before.generation(), vm.snapshot(0).generation()), (2, 6));
+/// # Ok::<(), memslots::Error>(())
+/// ```
+pub struct Memslots {
+    core: Core<MemslotSet>,
+}
+
+impl Memslots {
+    /// An empty VM: every address space empty, address space `i` at generation `i`.
+    #[must_use]
+    pub fn new(limits: Limits) -> Self {
+        Self {
+            core: Core::new(limits),
+        }
+    }
+
+    /// The limits requests are checked against.
+    #[must_use]
+    pub fn limits(&self) -> &Limits {
+        self.core.limits()
+    }
+
+    /// Applies one `KVM_SET_USER_MEMORY_REGION` request: creates, deletes, moves or re-flags a
+    /// user slot, or does nothing when the request matches the slot as it is.
+    ///
+    /// Time: O(log n) in the address space's slot count.
+    ///
+    /// # Errors
+    /// The kernel's failure for the request, checked in the kernel's order: bad flags, a slot id
+    /// at or above the user-slot limit, a misaligned size, gpa or hva, an hva or gpa range that
+    /// wraps, a missing address space, too many pages, deleting a missing slot, changing an
+    /// existing slot's hva, size or `READONLY` flag (all `EINVAL`), or a gfn range that overlaps
+    /// another slot of the address space (`EEXIST`). A failed request leaves every published
+    /// version, counter and generation as it was.
+    pub fn set_user_memory_region(
+        &self,
+        region: UserspaceMemoryRegion,
+    ) -> Result<ChangeKind, Error> {
+        self.core.update(&region, Origin::User)
+    }
+
+    /// The current version of address space `as_id`, as a handle that can be kept as long as
+    /// needed: later updates never change it.
+    ///
+    /// Time: O(1).
+    ///
+    /// # Panics
+    /// If `as_id` is not below [`Limits::address_spaces`].
+    #[must_use]
+    pub fn snapshot(&self, as_id: u16) -> Snapshot {
+        Snapshot(self.core.snapshot(as_id))
+    }
+
+    /// The pages of every slot in every address space (KVM's `nr_memslot_pages`).
+    ///
+    /// Time: O(1); takes the writer lock.
+    #[must_use]
+    pub fn total_pages(&self) -> u64 {
+        self.core.total_pages()
+    }
+}
+
+impl fmt::Debug for Memslots {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let spaces: Vec<_> = (0..self.limits().address_spaces())
+            .map(|as_id| self.snapshot(as_id))
+            .collect();
+        f.debug_struct("Memslots")
+            .field("limits", self.limits())
+            .field("spaces", &spaces)
+            .finish()
+    }
+}
+
+impl MemslotStore for Memslots {
+    type Version = MemslotSet;
+    type Snapshot = Snapshot;
+
+    fn limits(&self) -> &Limits {
+        self.limits()
+    }
+    fn set_user_memory_region(&self, region: UserspaceMemoryRegion) -> Result<ChangeKind, Error> {
+        self.set_user_memory_region(region)
+    }
+    fn snapshot(&self, as_id: u16) -> Snapshot {
+        self.snapshot(as_id)
+    }
+}
+
+/// A long-lived handle on one published version; derefs to it ([`MemslotSet`] by default).
+///
+/// Holding a snapshot keeps its version's memory alive but holds up nothing else: writers go on
+/// publishing. Cloning it is an `Arc` clone.
+///
+/// | operation | cost |
+/// |---|---|
+/// | [`Clone`], [`Deref`], [`ptr_eq`](Self::ptr_eq) | O(1) |
+#[derive(Clone)]
+pub struct Snapshot<S = MemslotSet>(Arc<S>);
+
+impl<S> Snapshot<S> {
+    pub(crate) fn from_arc(version: Arc<S>) -> Self {
+        Self(version)
+    }
+
+    /// Whether two snapshots are of the very same version.
+    #[must_use]
+    pub fn ptr_eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
+    /// The version as a plain `Arc`.
+    #[must_use]
+    pub fn into_arc(self) -> Arc<S> {
+        self.0
+    }
+}
+
+impl<S> Deref for Snapshot<S> {
+    type Target = S;
+    fn deref(&self) -> &S {
+        &self.0
+    }
+}
+
+impl<S> AsRef<S> for Snapshot<S> {
+    fn as_ref(&self) -> &S {
+        &self.0
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for Snapshot<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn handles_cross_threads() {
+        assert_send_sync::<Memslots>();
+        assert_send_sync::<Snapshot>();
+        assert_send_sync::<MemslotSet>();
+    }
+}
