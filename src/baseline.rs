@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use crate::change::{Origin, SlotLookup};
 use crate::error::Error;
 use crate::publish::{Core, Version};
+use crate::reader::Reader;
 use crate::slot::Memslot;
 use crate::types::{ChangeKind, Gfn, Hva, Limits, UserspaceMemoryRegion};
 use crate::view::{MemslotRead, MemslotStore};
@@ -97,26 +98,27 @@ impl Version for ArraySet {
         }
     }
 
-    fn replaced(&self, id: u16, new: Option<Memslot>, generation: u64) -> Self {
-        let mut next = self.clone();
-        next.generation = generation;
-        next.lru_slot.store(0, Ordering::Relaxed);
-        if let Some(i) = next.index_of(id) {
-            let old = next.slots.remove(i);
-            next.total_pages -= old.npages();
-            next.id_to_index[usize::from(id)] = -1;
+    fn replace(&mut self, id: u16, new: Option<Memslot>) {
+        self.lru_slot.store(0, Ordering::Relaxed);
+        if let Some(i) = self.index_of(id) {
+            let old = self.slots.remove(i);
+            self.total_pages -= old.npages();
+            self.id_to_index[usize::from(id)] = -1;
         }
         if let Some(new) = new {
-            next.total_pages += new.npages();
-            let pos = next.search(new.base_gfn());
-            next.slots.insert(pos, new);
+            self.total_pages += new.npages();
+            let pos = self.search(new.base_gfn());
+            self.slots.insert(pos, new);
         }
         // Every entry after the change point shifted: renumber them, as update_memslots does
         // while it moves them.
-        for (i, slot) in next.slots.iter().enumerate() {
-            next.id_to_index[usize::from(slot.id())] = i as i16;
+        for (i, slot) in self.slots.iter().enumerate() {
+            self.id_to_index[usize::from(slot.id())] = i as i16;
         }
-        next
+    }
+
+    fn set_generation(&mut self, generation: u64) {
+        self.generation = generation;
     }
 }
 
@@ -244,6 +246,17 @@ impl ArrayMemslots {
     #[must_use]
     pub fn snapshot(&self, as_id: u16) -> Snapshot<ArraySet> {
         Snapshot::from_arc(self.core.snapshot(as_id))
+    }
+
+    /// A reader handle, as [`Memslots::reader`](crate::Memslots::reader).
+    #[must_use]
+    pub fn reader(&self) -> Reader<ArraySet> {
+        self.core.reader()
+    }
+
+    /// A grace period, as [`Memslots::synchronize`](crate::Memslots::synchronize).
+    pub fn synchronize(&self) {
+        self.core.synchronize();
     }
 }
 

@@ -27,8 +27,9 @@ pub(crate) struct Checked {
     pub(crate) userspace_addr: Hva,
 }
 
-/// What validation needs to see of one address space's current version.
-pub(crate) trait SlotLookup {
+/// What validation needs to see of one address space's current version (public in name only:
+/// this module is private).
+pub trait SlotLookup {
     /// The slot with this id.
     fn slot(&self, id: u16) -> Option<&Memslot>;
     /// A slot other than `id` whose gfn range intersects `[start, end)`.

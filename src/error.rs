@@ -1,5 +1,6 @@
 //! The crate's one error type, with KVM's errno for each failure.
 
+use crate::hooks::HookError;
 use crate::types::SlotId;
 
 /// Linux errno values that [`Error::errno`] returns (positive, as `errno` is).
@@ -10,6 +11,8 @@ pub mod errno {
     pub const EIO: i32 = 5;
     /// Out of memory.
     pub const ENOMEM: i32 = 12;
+    /// Bad address: a buffer too short for the call.
+    pub const EFAULT: i32 = 14;
     /// File exists: the new slot's gfn range overlaps another slot.
     pub const EEXIST: i32 = 17;
     /// Invalid argument: every malformed request.
@@ -183,6 +186,48 @@ pub enum Error {
         /// The slot it would overlap.
         existing: SlotId,
     },
+    /// A dirty-log call named a slot that does not exist (ENOENT).
+    #[error("slot {slot} does not exist")]
+    SlotNotFound {
+        /// The slot asked for.
+        slot: SlotId,
+    },
+    /// A dirty-log call named a slot that does not log dirty pages (ENOENT).
+    #[error("slot {slot} does not log dirty pages")]
+    DirtyLogDisabled {
+        /// The slot asked for.
+        slot: SlotId,
+    },
+    /// `KVM_CLEAR_DIRTY_LOG`'s `first_page` is not a multiple of 64 (EINVAL).
+    #[error("first_page {first_page} is not a multiple of 64")]
+    UnalignedDirtyRange {
+        /// The call's first page.
+        first_page: u64,
+    },
+    /// `KVM_CLEAR_DIRTY_LOG`'s range does not fit the slot, or ends in a partial word before the
+    /// slot's end (EINVAL).
+    #[error("pages {first_page}..+{num_pages} do not fit a slot of {npages} pages")]
+    DirtyRangeOutOfSlot {
+        /// The call's first page.
+        first_page: u64,
+        /// The call's page count.
+        num_pages: u64,
+        /// The slot's page count.
+        npages: u64,
+    },
+    /// The mask passed to `clear_dirty_log` is shorter than the range it covers (EFAULT, as a
+    /// short user buffer is in the kernel).
+    #[error("mask of {words} words is shorter than the {needed} the range needs")]
+    MaskTooShort {
+        /// Words given.
+        words: usize,
+        /// Words needed.
+        needed: u64,
+    },
+    /// An [`ArchHooks::prepare`](crate::ArchHooks::prepare) call refused the change; its errno is
+    /// passed on.
+    #[error("refused by the architecture hook: {0}")]
+    Hook(HookError),
     /// [`Limits`](crate::Limits) were given a value the kernel could not have (EINVAL).
     #[error("invalid limits: {0}")]
     InvalidLimits(LimitsError),
@@ -201,6 +246,10 @@ impl Error {
     pub fn errno(&self) -> i32 {
         match self {
             Self::Overlap { .. } => errno::EEXIST,
+            Self::SlotNotFound { .. } | Self::DirtyLogDisabled { .. } => errno::ENOENT,
+            Self::MaskTooShort { .. } => errno::EFAULT,
+            Self::Hook(hook) => hook.errno,
+            Self::UnalignedDirtyRange { .. } | Self::DirtyRangeOutOfSlot { .. } => errno::EINVAL,
             Self::InvalidFlags { .. }
             | Self::UnalignedSize { .. }
             | Self::UnalignedGpa { .. }

@@ -46,11 +46,13 @@
 
 pub mod baseline;
 mod change;
+mod dirty;
 mod error;
+mod hooks;
 mod publish;
+mod reader;
 mod set;
 mod slot;
-#[allow(dead_code)]
 mod sync;
 pub mod tree;
 mod types;
@@ -58,6 +60,9 @@ mod view;
 mod vm;
 
 pub use error::{errno, Error, LimitsError, SlotField};
+pub use hooks::{ArchHooks, HookError, NoHooks};
+pub use publish::Transaction;
+pub use reader::{ReadGuard, Reader};
 pub use set::{GfnRange, HvaRange, Iter, MemslotSet};
 pub use slot::{DirtyBitmap, HvaError, Memslot};
 pub use types::{ChangeKind, Gfn, Gpa, Hva, Limits, MemFlags, SlotId, UserspaceMemoryRegion};

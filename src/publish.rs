@@ -1,61 +1,85 @@
-//! The update protocol, written once for both designs: validate, classify, build the new version
-//! aside, publish it with one atomic root swap.
+//! The update protocol, written once for both designs and for single requests and transactions
+//! alike: validate each request against a working copy, then publish in the kernel's steps
+//! (`INVALID` copies, grace period, `flush_shadow`, `prepare`, final version, grace period,
+//! `commit`).
 //!
 //! [`Memslots`](crate::Memslots) runs it over [`MemslotSet`](crate::MemslotSet) (trees) and
 //! [`ArrayMemslots`](crate::baseline::ArrayMemslots) over the array baseline, so the benchmark's
-//! "Before" and "After" differ only in how a version is stored.
+//! "Before" and "After" differ only in how a version is stored and copied.
 
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-
-use arc_swap::ArcSwap;
+use core::fmt;
+use std::sync::Arc;
 
 use crate::change::{self, Origin, SlotLookup};
 use crate::error::Error;
+use crate::hooks::{ArchHooks, NoHooks};
+use crate::reader::{Published, Reader};
 use crate::slot::Memslot;
-use crate::types::{ChangeKind, Limits, UserspaceMemoryRegion};
+use crate::sync::{lock, Mutex, MutexGuard};
+use crate::types::{ChangeKind, Limits, SlotId, UserspaceMemoryRegion};
 use crate::view::MemslotRead;
 
-/// What the protocol needs of a version type.
-pub(crate) trait Version: MemslotRead + SlotLookup + Send + Sync + Sized + 'static {
+/// What the protocol needs of a version type. Public in name only (this module is private), so
+/// that it may bound public generic types; nothing outside the crate can implement or call it.
+pub trait Version: MemslotRead + SlotLookup + Clone + Send + Sync + 'static {
     /// An empty version of address space `as_id`.
     fn empty(as_id: u16, generation: u64, limits: &Limits) -> Self;
-    /// A new version with slot `id` replaced by `new` (removed when `None`), at `generation`.
-    fn replaced(&self, id: u16, new: Option<Memslot>, generation: u64) -> Self;
+    /// Replaces slot `id` by `new` (removes it when `None`, adds `new` when there was none).
+    fn replace(&mut self, id: u16, new: Option<Memslot>);
+    /// Sets the generation the version will be published with.
+    fn set_generation(&mut self, generation: u64);
 }
 
-/// The published state: every address space's current version, swapped as one.
-///
-/// One root for all address spaces means a reader pays one atomic load however many it looks at.
+/// The published state: every address space's current version, swapped as one, so a reader pays
+/// one load however many address spaces it looks at, and a transaction spanning address spaces
+/// becomes visible all at once.
 #[derive(Debug)]
 pub(crate) struct Root<S> {
     pub(crate) spaces: Box<[Arc<S>]>,
+    /// Counts publications; readers compare it with their cached root's.
+    pub(crate) version: u64,
 }
 
 /// What only the writer touches, under the writer lock (KVM's `slots_lock`).
 #[derive(Debug, Default)]
-struct WriterState {
+pub(crate) struct WriterState {
     /// Pages of every slot in every address space (`nr_memslot_pages`).
     vm_pages: u64,
 }
 
 /// A VM's published memslots and its writer side.
-#[derive(Debug)]
 pub(crate) struct Core<S> {
     limits: Limits,
-    root: ArcSwap<Root<S>>,
+    published: Arc<Published<S>>,
     writer: Mutex<WriterState>,
+    hooks: Box<dyn ArchHooks>,
 }
 
 impl<S: Version> Core<S> {
     pub(crate) fn new(limits: Limits) -> Self {
+        Self::with_hooks(limits, Box::new(NoHooks))
+    }
+
+    pub(crate) fn with_hooks(limits: Limits, hooks: Box<dyn ArchHooks>) -> Self {
         let spaces = (0..limits.address_spaces())
             .map(|as_id| Arc::new(S::empty(as_id, u64::from(as_id), &limits)))
             .collect();
         Self {
             limits,
-            root: ArcSwap::from_pointee(Root { spaces }),
+            published: Arc::new(Published::new(Root { spaces, version: 0 })),
             writer: Mutex::new(WriterState::default()),
+            hooks,
         }
+    }
+
+    /// Loom only: a VM whose grace periods lack the fences (the broken variant).
+    #[cfg(loom)]
+    pub(crate) fn weakened(limits: Limits) -> Self {
+        let mut core = Self::new(limits);
+        Arc::get_mut(&mut core.published)
+            .expect("not shared yet")
+            .weak_ordering = true;
+        core
     }
 
     pub(crate) fn limits(&self) -> &Limits {
@@ -67,7 +91,7 @@ impl<S: Version> Core<S> {
     /// # Panics
     /// If `as_id` is not below the number of address spaces.
     pub(crate) fn snapshot(&self, as_id: u16) -> Arc<S> {
-        let root = self.root.load();
+        let root = self.published.root();
         match root.spaces.get(usize::from(as_id)) {
             Some(space) => Arc::clone(space),
             None => panic!(
@@ -77,65 +101,296 @@ impl<S: Version> Core<S> {
         }
     }
 
+    pub(crate) fn reader(&self) -> Reader<S> {
+        Reader::new(Arc::clone(&self.published))
+    }
+
+    pub(crate) fn synchronize(&self) {
+        self.published.synchronize();
+    }
+
     /// The VM's page count over all address spaces.
     pub(crate) fn total_pages(&self) -> u64 {
-        self.lock().vm_pages
+        lock(&self.writer).vm_pages
     }
 
-    fn lock(&self) -> MutexGuard<'_, WriterState> {
-        // A panic while holding the lock leaves no half-made change behind (versions are built
-        // aside and published whole), so a poisoned lock is still consistent.
-        self.writer.lock().unwrap_or_else(PoisonError::into_inner)
+    /// Takes the writer lock for reads that must not race an update (the dirty-log calls).
+    pub(crate) fn lock_writer(&self) -> MutexGuard<'_, WriterState> {
+        lock(&self.writer)
     }
 
-    /// One request, as `kvm_set_memory_region` handles it.
+    pub(crate) fn transaction(&self) -> Transaction<'_, S> {
+        let writer = lock(&self.writer);
+        let base = self.published.root();
+        Transaction {
+            vm_pages: writer.vm_pages,
+            spaces: (0..base.spaces.len()).map(|_| None).collect(),
+            changes: Vec::new(),
+            base,
+            writer,
+            core: self,
+        }
+    }
+
+    /// One request, published on its own: a transaction of one.
     pub(crate) fn update(
         &self,
         region: &UserspaceMemoryRegion,
         origin: Origin,
     ) -> Result<ChangeKind, Error> {
-        let mut writer = self.lock();
-        let checked = change::check(&self.limits, region, origin)?;
-        let as_id = checked.slot.as_id;
-        let current = self.snapshot(as_id);
-        let plan = change::classify(&self.limits, checked, &*current, writer.vm_pages)?;
-        let id = plan.slot.id;
-        let step = u64::from(self.limits.address_spaces());
-        let generation = current.generation();
-        match plan.kind {
-            ChangeKind::Unchanged => return Ok(ChangeKind::Unchanged),
-            ChangeKind::Create | ChangeKind::FlagsOnly => {
-                self.publish(as_id, current.replaced(id, plan.new, generation + step));
-            }
-            ChangeKind::Delete | ChangeKind::Move => {
-                let old = current
-                    .get(id)
-                    .ok_or(Error::NoSuchSlot { slot: plan.slot })?;
-                // Readers keep finding the slot while it is INVALID, but cannot translate
-                // through it; only then does it go away or move.
-                let invalid = current.replaced(id, Some(old.invalidated()), generation + step);
-                let invalid = self.publish(as_id, invalid);
-                self.publish(as_id, invalid.replaced(id, plan.new, generation + 2 * step));
-            }
+        let mut tx = self.transaction();
+        let kind = tx.apply(region, origin)?;
+        tx.commit()?;
+        Ok(kind)
+    }
+
+    fn publish(&self, spaces: Vec<Arc<S>>, version: u64) {
+        self.published.publish(Root {
+            spaces: spaces.into_boxed_slice(),
+            version,
+        });
+    }
+}
+
+impl<S> fmt::Debug for Core<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Core")
+            .field("limits", &self.limits)
+            .field("published", &self.published)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One accepted change, kept for the hooks and the `INVALID` step.
+#[derive(Debug)]
+struct Change {
+    slot: SlotId,
+    kind: ChangeKind,
+    old: Option<Memslot>,
+    new: Option<Memslot>,
+}
+
+/// Several requests published as one version per address space, all or nothing.
+///
+/// Created by [`Memslots::transaction`](crate::Memslots::transaction); holds the writer lock until
+/// it is committed or dropped. Each request is validated against the transaction's own
+/// intermediate state, exactly as if the earlier ones had been published; a rejected request
+/// changes nothing and the transaction goes on. [`commit`](Self::commit) publishes everything
+/// accepted with one `INVALID` step and one grace period for the whole batch, so no reader ever
+/// sees half of it: the atomic multi-slot update that KVM lacks (QEMU pauses every vCPU to fake
+/// it). Dropping a transaction without committing publishes nothing.
+///
+/// | operation | cost |
+/// |---|---|
+/// | [`set_user_memory_region`](Self::set_user_memory_region) | O(log n); the first change to an address space also copies its version (O(1) for trees, O(n) for the array) |
+/// | [`commit`](Self::commit) | O(k log n) for k changes, plus up to three grace periods |
+///
+/// ```
+/// use memslots::{ChangeKind, Gfn, Limits, Memslots, MemFlags, UserspaceMemoryRegion};
+/// let vm = Memslots::new(Limits::default());
+/// let low = UserspaceMemoryRegion::new(0, MemFlags::empty(), 0, 0x10000, 0x7000_0000);
+/// vm.set_user_memory_region(low)?;
+///
+/// // Swap in a bigger slot at the same place: delete and create, seen by readers as one step.
+/// let mut tx = vm.transaction();
+/// assert_eq!(tx.set_user_memory_region(UserspaceMemoryRegion::delete(0))?, ChangeKind::Delete);
+/// let big = UserspaceMemoryRegion::new(1, MemFlags::empty(), 0, 0x40000, 0x7100_0000);
+/// assert_eq!(tx.set_user_memory_region(big)?, ChangeKind::Create);
+/// tx.commit()?;
+/// assert_eq!(vm.snapshot(0).find(Gfn(0x30)).map(|s| s.id()), Some(1));
+/// # Ok::<(), memslots::Error>(())
+/// ```
+pub struct Transaction<'a, S: Version = crate::MemslotSet> {
+    core: &'a Core<S>,
+    writer: MutexGuard<'a, WriterState>,
+    /// The root published when the transaction began (still current: the writer lock is held).
+    base: Arc<Root<S>>,
+    /// Working copies, made on the first change to an address space.
+    spaces: Vec<Option<S>>,
+    changes: Vec<Change>,
+    vm_pages: u64,
+}
+
+impl<S: Version> Transaction<'_, S> {
+    /// Validates `region` against the transaction's current state and, if it is accepted, adds it
+    /// to the transaction. Nothing is published until [`commit`](Self::commit).
+    ///
+    /// Time: O(log n).
+    ///
+    /// # Errors
+    /// As [`Memslots::set_user_memory_region`](crate::Memslots::set_user_memory_region); a refused
+    /// request leaves the transaction as it was.
+    pub fn set_user_memory_region(
+        &mut self,
+        region: UserspaceMemoryRegion,
+    ) -> Result<ChangeKind, Error> {
+        self.apply(&region, Origin::User)
+    }
+
+    /// As [`set_user_memory_region`](Self::set_user_memory_region), for an internal slot (see
+    /// [`Memslots::set_internal_memory_region`](crate::Memslots::set_internal_memory_region)).
+    ///
+    /// # Errors
+    /// As [`Memslots::set_internal_memory_region`](crate::Memslots::set_internal_memory_region).
+    pub fn set_internal_memory_region(
+        &mut self,
+        region: UserspaceMemoryRegion,
+    ) -> Result<ChangeKind, Error> {
+        self.apply(&region, Origin::Internal)
+    }
+
+    /// How many accepted changes the transaction holds.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.changes.len()
+    }
+
+    /// Whether the transaction holds no change.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty()
+    }
+
+    pub(crate) fn apply(
+        &mut self,
+        region: &UserspaceMemoryRegion,
+        origin: Origin,
+    ) -> Result<ChangeKind, Error> {
+        let limits = self.core.limits;
+        let checked = change::check(&limits, region, origin)?;
+        let as_id = usize::from(checked.slot.as_id);
+        let base = &self.base.spaces[as_id];
+        let space = self.spaces[as_id].get_or_insert_with(|| S::clone(base));
+        let plan = change::classify(&limits, checked, &*space, self.vm_pages)?;
+        if plan.kind == ChangeKind::Unchanged {
+            return Ok(ChangeKind::Unchanged);
         }
+        let id = plan.slot.id;
+        let old = space.get(id).cloned();
+        space.replace(id, plan.new.clone());
         match plan.kind {
-            ChangeKind::Create => writer.vm_pages += region.memory_size >> self.limits.page_shift(),
-            ChangeKind::Delete => {
-                writer.vm_pages -= current.get(id).map_or(0, Memslot::npages);
-            }
+            ChangeKind::Create => self.vm_pages += checked.npages,
+            ChangeKind::Delete => self.vm_pages -= old.as_ref().map_or(0, Memslot::npages),
             _ => {}
         }
+        self.changes.push(Change {
+            slot: plan.slot,
+            kind: plan.kind,
+            old,
+            new: plan.new,
+        });
         Ok(plan.kind)
     }
 
-    /// Publishes `version` as address space `as_id`'s current one; returns it.
-    fn publish(&self, as_id: u16, version: S) -> Arc<S> {
-        let version = Arc::new(version);
-        let mut spaces = self.root.load().spaces.to_vec();
-        spaces[usize::from(as_id)] = Arc::clone(&version);
-        self.root.store(Arc::new(Root {
-            spaces: spaces.into_boxed_slice(),
-        }));
-        version
+    /// Publishes every accepted change, in the kernel's steps:
+    ///
+    /// 1. if any published slot is deleted or moved, a version with each such slot marked
+    ///    `INVALID` (readers still find it but cannot translate through it), a grace period, and
+    ///    [`ArchHooks::flush_shadow`] for each;
+    /// 2. [`ArchHooks::prepare`] for each change, in order;
+    /// 3. the final versions, one per changed address space, all in one swap, and a grace period;
+    /// 4. [`ArchHooks::commit`] for each change.
+    ///
+    /// When it returns, no reader is still inside a section that saw a version from before the
+    /// transaction. Each publication steps the generation of the address spaces it changes by the
+    /// number of address spaces.
+    ///
+    /// Time: O(k log n) for k changes, plus the grace periods.
+    ///
+    /// # Errors
+    /// [`Error::Hook`] if a `prepare` hook refuses: nothing is changed (a published `INVALID` step
+    /// is undone by publishing the old versions again, as the kernel does).
+    pub fn commit(mut self) -> Result<(), Error> {
+        if self.changes.is_empty() {
+            return Ok(());
+        }
+        let core = self.core;
+        let step = u64::from(core.limits.address_spaces());
+        let base = Arc::clone(&self.base);
+        let mut version = base.version;
+        let generation = |as_id: usize, steps: u64| base.spaces[as_id].generation() + steps * step;
+
+        // Published slots that go away or move become INVALID first.
+        let mut invalid: Vec<Option<S>> = (0..base.spaces.len()).map(|_| None).collect();
+        let mut flushed = Vec::new();
+        for change in &self.changes {
+            if !matches!(change.kind, ChangeKind::Delete | ChangeKind::Move) {
+                continue;
+            }
+            let as_id = usize::from(change.slot.as_id);
+            let Some(old) = base.spaces[as_id].get(change.slot.id) else {
+                continue; // created by this transaction: no reader has seen it
+            };
+            let space = invalid[as_id].get_or_insert_with(|| S::clone(&base.spaces[as_id]));
+            if space.get(change.slot.id).is_some_and(|s| !s.is_invalid()) {
+                space.replace(change.slot.id, Some(old.invalidated()));
+                flushed.push(old.clone());
+            }
+        }
+        let invalidated: Vec<usize> = (0..invalid.len())
+            .filter(|&a| invalid[a].is_some())
+            .collect();
+        if !invalidated.is_empty() {
+            let mut spaces = base.spaces.to_vec();
+            for &as_id in &invalidated {
+                if let Some(mut space) = invalid[as_id].take() {
+                    space.set_generation(generation(as_id, 1));
+                    spaces[as_id] = Arc::new(space);
+                }
+            }
+            version += 1;
+            core.publish(spaces, version);
+            core.synchronize();
+            for old in &flushed {
+                core.hooks.flush_shadow(old);
+            }
+        }
+        let invalid_steps = |as_id: usize| u64::from(invalidated.contains(&as_id));
+
+        for change in &self.changes {
+            if let Err(refusal) =
+                core.hooks
+                    .prepare(change.old.as_ref(), change.new.as_ref(), change.kind)
+            {
+                if !invalidated.is_empty() {
+                    // Put the old slots back: the published versions again, one step later.
+                    let mut spaces = base.spaces.to_vec();
+                    for &as_id in &invalidated {
+                        let mut space = S::clone(&base.spaces[as_id]);
+                        space.set_generation(generation(as_id, 2));
+                        spaces[as_id] = Arc::new(space);
+                    }
+                    version += 1;
+                    core.publish(spaces, version);
+                    core.synchronize();
+                }
+                return Err(Error::Hook(refusal));
+            }
+        }
+
+        let mut spaces = base.spaces.to_vec();
+        for (as_id, working) in self.spaces.iter_mut().enumerate() {
+            if let Some(mut space) = working.take() {
+                space.set_generation(generation(as_id, 1 + invalid_steps(as_id)));
+                spaces[as_id] = Arc::new(space);
+            }
+        }
+        version += 1;
+        core.publish(spaces, version);
+        core.synchronize();
+        self.writer.vm_pages = self.vm_pages;
+        for change in &self.changes {
+            core.hooks
+                .commit(change.old.as_ref(), change.new.as_ref(), change.kind);
+        }
+        Ok(())
+    }
+}
+
+impl<S: Version> fmt::Debug for Transaction<'_, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Transaction")
+            .field("changes", &self.changes)
+            .finish_non_exhaustive()
     }
 }

@@ -106,10 +106,6 @@ impl MemslotSet {
         }
     }
 
-    pub(crate) fn set_generation(&mut self, generation: u64) {
-        self.generation = generation;
-    }
-
     /// The address space this version belongs to.
     ///
     /// Time: O(1).
@@ -337,11 +333,12 @@ impl crate::publish::Version for MemslotSet {
         Self::empty(as_id, generation)
     }
 
-    fn replaced(&self, id: u16, new: Option<Memslot>, generation: u64) -> Self {
-        let mut next = self.clone();
-        next.replace(id, new.map(Arc::new));
-        next.generation = generation;
-        next
+    fn replace(&mut self, id: u16, new: Option<Memslot>) {
+        self.replace(id, new.map(Arc::new));
+    }
+
+    fn set_generation(&mut self, generation: u64) {
+        self.generation = generation;
     }
 }
 

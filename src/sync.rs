@@ -1,10 +1,85 @@
 //! The one place that picks `std` or `loom` synchronization primitives.
 //!
-//! Everything in the crate that takes part in publication or grace periods imports its atomics
-//! from here, so that `RUSTFLAGS="--cfg loom"` model-checks the real code.
+//! Everything that takes part in publication and grace periods (the root, the version counter,
+//! the reader registry, the writer lock) imports its primitives from here, so that
+//! `RUSTFLAGS="--cfg loom"` model-checks the very code that runs. The dirty bitmaps and the
+//! baseline's `lru_slot` are plain data updated with independent atomics, outside the protocol, and
+//! use `std` directly.
+
+use std::sync::Arc;
 
 #[cfg(not(loom))]
-pub(crate) use std::sync::atomic;
+pub(crate) use std::sync::atomic::{fence, AtomicU64, Ordering};
+#[cfg(not(loom))]
+pub(crate) use std::sync::{Mutex, MutexGuard};
 
 #[cfg(loom)]
-pub(crate) use loom::sync::atomic;
+pub(crate) use loom::sync::atomic::{fence, AtomicU64, Ordering};
+#[cfg(loom)]
+pub(crate) use loom::sync::{Mutex, MutexGuard};
+
+/// Locks `mutex`, ignoring poisoning: every structure behind our locks is replaced whole, never
+/// left half-changed, so a panic while holding one leaves it consistent.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// One round of waiting for another thread: spin briefly, then yield, then sleep, so a writer
+/// waiting out a long read-side section does not burn a core.
+pub(crate) fn backoff(round: u32) {
+    #[cfg(not(loom))]
+    {
+        if round < 64 {
+            std::hint::spin_loop();
+        } else if round < 128 {
+            std::thread::yield_now();
+        } else {
+            std::thread::sleep(std::time::Duration::from_micros(20));
+        }
+    }
+    #[cfg(loom)]
+    {
+        let _ = round;
+        loom::thread::yield_now();
+    }
+}
+
+/// The atomically replaceable root: `arc-swap` normally (lock-free loads), a mutex under loom
+/// (arc-swap is not instrumented for loom). Readers load it only when the version counter says it
+/// changed, so its cost is off the read-side fast path either way.
+#[derive(Debug)]
+pub(crate) struct RootCell<T> {
+    #[cfg(not(loom))]
+    cell: arc_swap::ArcSwap<T>,
+    #[cfg(loom)]
+    cell: Mutex<Arc<T>>,
+}
+
+impl<T> RootCell<T> {
+    pub(crate) fn new(value: Arc<T>) -> Self {
+        Self {
+            #[cfg(not(loom))]
+            cell: arc_swap::ArcSwap::new(value),
+            #[cfg(loom)]
+            cell: Mutex::new(value),
+        }
+    }
+
+    pub(crate) fn load_full(&self) -> Arc<T> {
+        #[cfg(not(loom))]
+        return self.cell.load_full();
+        #[cfg(loom)]
+        return Arc::clone(&lock(&self.cell));
+    }
+
+    pub(crate) fn store(&self, value: Arc<T>) {
+        #[cfg(not(loom))]
+        self.cell.store(value);
+        #[cfg(loom)]
+        {
+            *lock(&self.cell) = value;
+        }
+    }
+}

@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use crate::change::Origin;
 use crate::error::Error;
-use crate::publish::Core;
+use crate::hooks::ArchHooks;
+use crate::publish::{Core, Transaction};
+use crate::reader::Reader;
 use crate::set::MemslotSet;
 use crate::types::{ChangeKind, Limits, UserspaceMemoryRegion};
 use crate::view::MemslotStore;
@@ -50,11 +52,30 @@ pub struct Memslots {
 }
 
 impl Memslots {
-    /// An empty VM: every address space empty, address space `i` at generation `i`.
+    /// An empty VM: every address space empty, address space `i` at generation `i`, no hooks.
     #[must_use]
     pub fn new(limits: Limits) -> Self {
         Self {
             core: Core::new(limits),
+        }
+    }
+
+    /// An empty VM whose updates call `hooks` at the kernel's `kvm_arch_*` points.
+    #[must_use]
+    pub fn with_hooks(limits: Limits, hooks: impl ArchHooks + 'static) -> Self {
+        Self {
+            core: Core::with_hooks(limits, Box::new(hooks)),
+        }
+    }
+
+    /// Loom only: a VM whose grace periods lack their fences, to show the model checker catches
+    /// the broken protocol.
+    #[cfg(loom)]
+    #[doc(hidden)]
+    #[must_use]
+    pub fn weakened_for_loom(limits: Limits) -> Self {
+        Self {
+            core: Core::weakened(limits),
         }
     }
 
@@ -76,11 +97,105 @@ impl Memslots {
     /// existing slot's hva, size or `READONLY` flag (all `EINVAL`), or a gfn range that overlaps
     /// another slot of the address space (`EEXIST`). A failed request leaves every published
     /// version, counter and generation as it was.
+    ///
+    /// The update follows the kernel's protocol: a Delete or Move first publishes the slot marked
+    /// `INVALID` and waits a grace period; every publication is followed by a grace period; the
+    /// [`ArchHooks`] run where the kernel calls its architecture code (see
+    /// [`Transaction::commit`]). When this returns, no reader is still inside a section that saw
+    /// the version from before the change.
+    ///
+    /// # Panics
+    /// In debug builds, if called from inside a read-side section of this VM on the same thread
+    /// (it would wait for itself forever).
     pub fn set_user_memory_region(
         &self,
         region: UserspaceMemoryRegion,
     ) -> Result<ChangeKind, Error> {
         self.core.update(&region, Origin::User)
+    }
+
+    /// Creates, deletes, moves or re-flags an internal slot, as the kernel's
+    /// `kvm_set_internal_memslot`: the slot id must be at or above [`Limits::user_slots`] (the
+    /// packed `slot` field compared as a whole, as the kernel does) and the flags must be 0;
+    /// internal slots have no page limit. They live in the same address spaces as user slots.
+    ///
+    /// Time: O(log n).
+    ///
+    /// # Errors
+    /// [`Error::NotInternalSlot`] for a user slot id, [`Error::InvalidFlags`] for any flag, then
+    /// as [`set_user_memory_region`](Self::set_user_memory_region).
+    pub fn set_internal_memory_region(
+        &self,
+        region: UserspaceMemoryRegion,
+    ) -> Result<ChangeKind, Error> {
+        self.core.update(&region, Origin::Internal)
+    }
+
+    /// Starts a transaction: several requests validated in order and published as one version
+    /// per address space. It holds the writer lock until committed or dropped.
+    ///
+    /// Time: O(1).
+    ///
+    /// # Panics
+    /// In debug builds, committing it from inside a read-side section of this VM on the same
+    /// thread panics (it would wait for itself forever).
+    #[must_use]
+    pub fn transaction(&self) -> Transaction<'_> {
+        self.core.transaction()
+    }
+
+    /// A reader handle for one vCPU thread: lock-free, wait-free read-side sections.
+    ///
+    /// Time: O(readers): registering takes the registry lock once.
+    #[must_use]
+    pub fn reader(&self) -> Reader {
+        self.core.reader()
+    }
+
+    /// Waits until every read-side section that was open when it was called has ended (a grace
+    /// period, as `synchronize_srcu`). Snapshots do not count: they hold memory, not readers.
+    ///
+    /// Time: O(readers) plus the wait.
+    ///
+    /// # Panics
+    /// In debug builds, if called from inside a read-side section of this VM on the same thread.
+    pub fn synchronize(&self) {
+        self.core.synchronize();
+    }
+
+    /// `KVM_GET_DIRTY_LOG`: the slot's dirty bitmap, one `u64` per 64 pages (bit `i` of word
+    /// `w` is page `64 * w + i` of the slot), each word cleared as it is read.
+    ///
+    /// `slot` packs the address space and the id, as the ioctl's field does.
+    ///
+    /// Time: O(npages / 64).
+    ///
+    /// # Errors
+    /// [`Error::InvalidAddressSpace`] or [`Error::InvalidSlotId`] (EINVAL) for an address space
+    /// or id out of range, [`Error::SlotNotFound`] or [`Error::DirtyLogDisabled`] (ENOENT) for a
+    /// missing slot or one that does not log.
+    pub fn get_dirty_log(&self, slot: u32) -> Result<Vec<u64>, Error> {
+        self.core.get_dirty_log(slot)
+    }
+
+    /// `KVM_CLEAR_DIRTY_LOG`: clears the bits of `mask` in the slot's pages
+    /// `first_page..first_page + num_pages`; `mask[0]` covers the 64 pages from `first_page`.
+    ///
+    /// Time: O(num_pages / 64).
+    ///
+    /// # Errors
+    /// In the kernel's order: an address space or id out of range (EINVAL), `first_page` not a
+    /// multiple of 64 (EINVAL), a missing slot or one that does not log (ENOENT), a range outside
+    /// the slot or ending mid-word before the slot's end (EINVAL), a `mask` shorter than the
+    /// range (EFAULT).
+    pub fn clear_dirty_log(
+        &self,
+        slot: u32,
+        first_page: u64,
+        num_pages: u64,
+        mask: &[u64],
+    ) -> Result<(), Error> {
+        self.core.clear_dirty_log(slot, first_page, num_pages, mask)
     }
 
     /// The current version of address space `as_id`, as a handle that can be kept as long as
@@ -187,6 +302,8 @@ mod tests {
 
     #[test]
     fn handles_cross_threads() {
+        fn assert_send<T: Send>() {}
+        assert_send::<Reader>();
         assert_send_sync::<Memslots>();
         assert_send_sync::<Snapshot>();
         assert_send_sync::<MemslotSet>();
