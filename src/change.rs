@@ -285,9 +285,9 @@ mod tests {
         assert!(matches!(expect(r), Error::UnalignedSize { .. }));
         r.memory_size = PAGE;
         assert!(matches!(expect(r), Error::UnalignedGpa { .. }));
-        r.guest_phys_addr = u64::MAX & !(PAGE - 1);
+        r.guest_phys_addr = !(PAGE - 1);
         assert!(matches!(expect(r), Error::UnalignedHva { .. }));
-        r.userspace_addr = u64::MAX & !(PAGE - 1);
+        r.userspace_addr = !(PAGE - 1);
         assert!(matches!(expect(r), Error::HvaOverflow { .. }));
         r.userspace_addr = 0;
         assert!(matches!(

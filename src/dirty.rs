@@ -27,7 +27,7 @@ impl<S: Version> Core<S> {
     }
 
     /// The slot and its bitmap, or ENOENT.
-    fn logging_slot<'s>(set: &'s S, slot: SlotId) -> Result<&'s Memslot, Error> {
+    fn logging_slot(set: &S, slot: SlotId) -> Result<&Memslot, Error> {
         let found = set.get(slot.id).ok_or(Error::SlotNotFound { slot })?;
         if found.dirty_bitmap().is_none() {
             return Err(Error::DirtyLogDisabled { slot });
