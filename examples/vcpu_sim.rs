@@ -63,8 +63,14 @@ fn main() {
         };
         let steps = [
             ("plug (create)", region(plugged, MemFlags::empty())),
-            ("start logging (flags)", region(plugged, MemFlags::LOG_DIRTY_PAGES)),
-            ("move", region(plugged + DIMM_PAGES, MemFlags::LOG_DIRTY_PAGES)),
+            (
+                "start logging (flags)",
+                region(plugged, MemFlags::LOG_DIRTY_PAGES),
+            ),
+            (
+                "move",
+                region(plugged + DIMM_PAGES, MemFlags::LOG_DIRTY_PAGES),
+            ),
             ("unplug (delete)", UserspaceMemoryRegion::delete(dimm)),
         ];
         for (what, request) in steps {
@@ -81,7 +87,10 @@ fn main() {
             .iter()
             .map(|w| w.count_ones())
             .sum();
-        latencies.entry("get_dirty_log (RAM)").or_default().push(t.elapsed());
+        latencies
+            .entry("get_dirty_log (RAM)")
+            .or_default()
+            .push(t.elapsed());
         if round == 0 {
             println!("first dirty-log harvest: {dirty} dirty pages of {RAM_PAGES}");
         }
@@ -101,7 +110,10 @@ fn main() {
         );
     }
     println!("\nupdate latency (grace periods included):");
-    println!("{:<24} {:>7} {:>10} {:>10} {:>10}", "update", "count", "p50", "p99", "max");
+    println!(
+        "{:<24} {:>7} {:>10} {:>10} {:>10}",
+        "update", "count", "p50", "p99", "max"
+    );
     for (what, mut times) in latencies {
         times.sort();
         let pick = |q: f64| times[((times.len() - 1) as f64 * q) as usize];

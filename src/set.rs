@@ -11,8 +11,47 @@ use crate::tree::{self, Summary, Tree, Visit, Visitor};
 use crate::types::{Gfn, Hva, Limits};
 use crate::view::MemslotRead;
 
-/// Key of the hva tree: host start address, then slot id, since host ranges may coincide.
-type HvaKey = (u64, u16);
+/// Key of the hva tree: ordered by host start address, then slot id, since host ranges may
+/// coincide. It also carries the slot's host end, so that searching never has to open a slot
+/// to learn where it ends (the end is fixed by the id within a version, so it takes no part in
+/// the order).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct HvaKey {
+    start: u64,
+    id: u16,
+    end: u64,
+}
+
+impl HvaKey {
+    fn of(slot: &Memslot) -> Self {
+        Self {
+            start: slot.userspace_addr().0,
+            id: slot.id(),
+            end: slot.end_hva().0,
+        }
+    }
+}
+
+impl PartialEq for HvaKey {
+    fn eq(&self, other: &Self) -> bool {
+        (self.start, self.id) == (other.start, other.id)
+    }
+}
+
+impl Eq for HvaKey {}
+
+impl PartialOrd for HvaKey {
+    fn partial_cmp(&self, other: &Self) -> Option<core::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for HvaKey {
+    #[inline]
+    fn cmp(&self, other: &Self) -> core::cmp::Ordering {
+        (self.start, self.id).cmp(&(other.start, other.id))
+    }
+}
 
 /// The hva tree's augmentation: the largest host end address in a subtree.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -20,8 +59,8 @@ pub(crate) struct MaxEnd(u64);
 
 impl Summary<HvaKey, Arc<Memslot>> for MaxEnd {
     #[inline]
-    fn of_entry(_: &HvaKey, slot: &Arc<Memslot>) -> Self {
-        MaxEnd(slot.end_hva().0)
+    fn of_entry(key: &HvaKey, _: &Arc<Memslot>) -> Self {
+        MaxEnd(key.end)
     }
     #[inline]
     fn combine(self, other: Self) -> Self {
@@ -91,7 +130,7 @@ impl MemslotSet {
     pub(crate) fn replace(&mut self, id: u16, new: Option<Arc<Memslot>>) {
         let old = self.by_id.remove(&id);
         if let Some(old) = &old {
-            self.by_hva.remove(&(old.userspace_addr().0, id));
+            self.by_hva.remove(&HvaKey::of(old));
             self.total_pages -= old.npages();
             if new.as_ref().map(|n| n.base_gfn()) != Some(old.base_gfn()) {
                 self.by_gfn.remove(&old.base_gfn().0);
@@ -100,8 +139,7 @@ impl MemslotSet {
         if let Some(new) = new {
             self.total_pages += new.npages();
             self.by_id.insert(id, Arc::clone(&new));
-            self.by_hva
-                .insert((new.userspace_addr().0, id), Arc::clone(&new));
+            self.by_hva.insert(HvaKey::of(&new), Arc::clone(&new));
             self.by_gfn.insert(new.base_gfn().0, new);
         }
     }
@@ -213,6 +251,7 @@ impl MemslotSet {
     ///
     /// Time: O(log n + k) visited nodes for k matches; no allocation.
     #[must_use]
+    #[inline]
     pub fn hva_range(&self, start: Hva, end: Hva) -> HvaRange<'_> {
         // An empty query stops at once: every key is at or past an end of 0.
         let (q_start, q_end) = if start < end {
@@ -267,9 +306,7 @@ impl MemslotSet {
             }
             prev_end = Some(slot.end_gfn().0);
             let same = |s: Option<&Arc<Memslot>>| s.is_some_and(|s| Arc::ptr_eq(s, slot));
-            if !same(self.by_id.get(&slot.id()))
-                || !same(self.by_hva.get(&(slot.userspace_addr().0, slot.id())))
-            {
+            if !same(self.by_id.get(&slot.id())) || !same(self.by_hva.get(&HvaKey::of(slot))) {
                 return Err(format!("{slot:?} is not the same slot in every tree"));
             }
             pages += slot.npages();
@@ -371,6 +408,7 @@ impl MemslotRead for MemslotSet {
     fn gfn_range(&self, start: Gfn, end: Gfn) -> impl Iterator<Item = &Memslot> + '_ {
         self.gfn_range(start, end)
     }
+    #[inline]
     fn hva_range(&self, start: Hva, end: Hva) -> impl Iterator<Item = (&Memslot, Range<Gfn>)> + '_ {
         self.hva_range(start, end)
     }
@@ -426,7 +464,7 @@ pub(crate) struct Overlaps {
 impl Visitor<HvaKey, MaxEnd> for Overlaps {
     #[inline]
     fn visit(&mut self, min_key: &HvaKey, summary: &MaxEnd) -> Visit {
-        if min_key.0 >= self.end {
+        if min_key.start >= self.end {
             // Keys ascend: this subtree and every later one start at or past the end.
             Visit::Stop
         } else if summary.0 <= self.start {

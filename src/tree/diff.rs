@@ -140,6 +140,8 @@ impl<'a, K, V, S, const B: usize, F> Diff<'a, K, V, S, B, F> {
     /// Nodes opened so far in both versions together. A measure of the work
     /// done: two versions that share all but a few paths open `O(log n)`
     /// nodes, a full walk opens every node of both trees.
+    ///
+    /// Time: O(1).
     pub fn nodes_visited(&self) -> usize {
         self.old.opened + self.new.opened
     }
@@ -235,4 +237,12 @@ where
     K: Ord,
     F: FnMut(&V, &V) -> bool,
 {
+}
+
+impl<K, V, S, const B: usize, F> std::fmt::Debug for Diff<'_, K, V, S, B, F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Diff")
+            .field("nodes_visited", &self.nodes_visited())
+            .finish_non_exhaustive()
+    }
 }

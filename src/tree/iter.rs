@@ -271,7 +271,8 @@ type Ends<'a, K, V, S, const B: usize> = (Cursor<'a, K, V, S, B>, Cursor<'a, K, 
 
 /// Double-ended iterator over the entries of a [`Tree`](super::Tree) whose keys
 /// fall in a range, in key order, from [`Tree::range`](super::Tree::range).
-/// Does not allocate.
+/// Does not allocate. Not `ExactSizeIterator`: nodes do not store subtree
+/// sizes, which would cost a slot per child and an update per level per edit.
 pub struct Range<'a, K, V, S, const B: usize> {
     /// `None` once exhausted; otherwise the next entries to yield from each end.
     ends: Option<Ends<'a, K, V, S, B>>,
@@ -340,6 +341,7 @@ pub struct Search<'a, K, V, S, F, const B: usize> {
 }
 
 impl<'a, K, V, S, F, const B: usize> Search<'a, K, V, S, F, B> {
+    #[inline]
     pub(crate) fn new(root: Option<&'a Node<K, V, S, B>>, visit: F) -> Self {
         let mut search = Search {
             stack: ArrayVec::new(),
@@ -354,6 +356,7 @@ impl<'a, K, V, S, F, const B: usize> Search<'a, K, V, S, F, B> {
         search
     }
 
+    #[inline]
     fn enter(&mut self, node: &'a Node<K, V, S, B>) {
         self.nodes += 1;
         match node {
@@ -364,6 +367,8 @@ impl<'a, K, V, S, F, const B: usize> Search<'a, K, V, S, F, B> {
 
     /// Nodes opened so far (the root, and every child the visitor entered).
     /// A measure of the work done, for tests and tuning.
+    ///
+    /// Time: O(1).
     pub fn nodes_visited(&self) -> usize {
         self.nodes
     }
@@ -415,4 +420,29 @@ where
     S: Summary<K, V>,
     F: Visitor<K, S>,
 {
+}
+
+impl<K, V, S, const B: usize> std::fmt::Debug for Iter<'_, K, V, S, B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Iter")
+            .field("remaining", &self.remaining)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K, V, S, const B: usize> std::fmt::Debug for Range<'_, K, V, S, B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Range")
+            .field("exhausted", &self.ends.is_none())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K, V, S, F, const B: usize> std::fmt::Debug for Search<'_, K, V, S, F, B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Search")
+            .field("nodes_visited", &self.nodes)
+            .field("done", &self.done)
+            .finish_non_exhaustive()
+    }
 }

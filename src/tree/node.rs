@@ -46,9 +46,10 @@ pub(crate) const fn min_len(b: usize) -> usize {
 
 /// Number of keys `<= key` in a sorted slice.
 ///
-/// Branch-free count over the whole node: for the small `B` used here it beats
-/// both an early-exit scan and binary search (no mispredicted exits, and the
-/// loop vectorises for integer keys).
+/// A branch-free count over the whole node: the comparisons are independent,
+/// so they overlap in the pipeline, and there is no data-dependent exit to
+/// mispredict. At `B = 16` it measured faster than both an early-exit scan and
+/// `partition_point` (see `benches/gfn_map.rs`).
 #[inline]
 pub(crate) fn rank_le<K: Ord>(keys: &[K], key: &K) -> usize {
     keys.iter().map(|k| usize::from(k <= key)).sum()
