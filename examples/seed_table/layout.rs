@@ -58,11 +58,7 @@ impl Layout {
             next += pages(i) * PAGE;
         }
         let mut regions = vec![UserspaceMemoryRegion::new(
-            0,
-            flags,
-            0,
-            SLOT0_SIZE,
-            SLOT0_HVA,
+            0, flags, 0, SLOT0_SIZE, SLOT0_HVA,
         )];
         for i in 0..test_slots {
             regions.push(UserspaceMemoryRegion::new(

@@ -39,6 +39,8 @@ const TESTS: [(&str, &str); 6] = [
 const DEFAULT_SLOTS: [usize; 6] = [10, 30, 50, 100, 509, 32764];
 /// The Map area holds 8193 pages: one page per test slot at most, plus slot 0.
 const MAP_MAX_SLOTS: usize = 8194;
+/// Each measurement alternates the designs this many times.
+const ROUNDS: u32 = 3;
 const CHUNK_2M: u64 = (2 << 20) / layout::PAGE;
 
 /// One line of the table.
@@ -135,7 +137,7 @@ fn parse() -> Result<Options, String> {
             "--plot" => o.plot = Some(value()?.into()),
             "--budget" => {
                 let s: f64 = value()?.parse().map_err(|e| format!("--budget: {e}"))?;
-                if !(s > 0.0 && s < 3600.0) {
+                if s.is_nan() || s <= 0.0 || s >= 3600.0 {
                     return Err("--budget: seconds in (0, 3600)".into());
                 }
                 o.budget.time = Duration::from_secs_f64(s);
@@ -168,10 +170,7 @@ fn main() {
         rows.extend(got);
     }
     print_notes(&rows, o.peer);
-    eprintln!(
-        "total {:.1} s",
-        run_start.elapsed().as_secs_f64()
-    );
+    eprintln!("total {:.1} s", run_start.elapsed().as_secs_f64());
     if let Some(path) = &o.json {
         std::fs::write(path, json(&rows)).expect("write --json file");
         eprintln!("wrote {}", path.display());
@@ -199,98 +198,105 @@ fn run_count(n: usize, o: &Options) -> Vec<Row> {
     let b = &o.budget;
     let wants = |t: &str| o.tests.contains(&t);
     let mut rows = BTreeMap::new();
-    let mut add = |test: &'static str, slots, before, after, peer| {
-        rows.insert(
-            TESTS.iter().position(|t| t.1 == test).unwrap_or(0),
-            Row {
-                test,
-                slots,
-                before,
-                after,
-                peer,
-            },
-        );
-    };
+    let mut add =
+        |test: &'static str, slots, before: Option<Sample>, after: Option<Sample>, peer| {
+            let (before, after) = (before.expect("measured"), after.expect("measured"));
+            for (who, s) in [
+                ("before", Some(before)),
+                ("after", Some(after)),
+                ("vm-memory", peer),
+            ] {
+                if let Some(s) = s {
+                    progress(slots, test, who, &s);
+                }
+            }
+            rows.insert(
+                TESTS.iter().position(|t| t.1 == test).unwrap_or(0),
+                Row {
+                    test,
+                    slots,
+                    before,
+                    after,
+                    peer,
+                },
+            );
+        };
 
     // Slot setup first: its last VM of each design serves the Move tests (same default area).
     let default = Layout::new(n, DEFAULT_SIZE, MemFlags::empty()).expect("one page per slot");
-    let mut move_vms: Option<(ArrayMemslots, Memslots)> = None;
+    let (mut array, mut trees): (Option<ArrayMemslots>, Option<Memslots>) = (None, None);
     if wants("Slot setup") {
         eprintln!("[{n:>5} slots] Slot setup ...");
-        let (before, array) = tests::setup::<ArrayMemslots>(&default, b);
-        progress(n, "Slot setup", "before", &before);
-        let (after, trees) = tests::setup::<Memslots>(&default, b);
-        progress(n, "Slot setup", "after", &after);
-        let peer = o.peer.then(|| peer::setup(&default, b));
-        if let Some(p) = &peer {
-            progress(n, "Slot setup", "vm-memory", p);
-        }
+        let [before, after, peer] = tests::interleaved(b, ROUNDS, |i, b| match i {
+            0 => tests::setup(&default, b, &mut array),
+            1 => tests::setup(&default, b, &mut trees),
+            _ if o.peer => peer::setup(&default, b),
+            _ => Vec::new(),
+        });
         add("Slot setup", n, before, after, peer);
-        move_vms = Some((array, trees));
     }
     for (test, active) in [("Move active", true), ("Move inactive", false)] {
         if !wants(test) {
             continue;
         }
-        let (array, trees) = move_vms.get_or_insert_with(|| {
-            let array = ArrayMemslots::empty();
-            default.build(&array);
-            let trees = Memslots::empty();
-            default.build(&trees);
-            (array, trees)
+        let array = array.get_or_insert_with(|| built(&default));
+        let trees = trees.get_or_insert_with(|| built(&default));
+        let [before, after] = tests::interleaved(b, ROUNDS, |i, b| match i {
+            0 => tests::moves(array, &default, active, b),
+            _ => tests::moves(trees, &default, active, b),
         });
-        let (before, _) = tests::moves(array, &default, active, b);
-        progress(n, test, "before", &before);
-        let (after, _) = tests::moves(trees, &default, active, b);
-        progress(n, test, "after", &after);
         add(test, n, before, after, None);
     }
-    drop(move_vms);
+    drop((array, trees));
 
     if wants("Map") {
         let slots = n.min(MAP_MAX_SLOTS);
         let map = Layout::new(slots, MAP_SIZE, MemFlags::LOG_DIRTY_PAGES).expect("fits");
-        let before = tests::map::<ArrayMemslots>(&map, b);
-        progress(slots, "Map", "before", &before);
-        let after = tests::map::<Memslots>(&map, b);
-        progress(slots, "Map", "after", &after);
-        let peer = o.peer.then(|| peer::map(&map, b));
-        if let Some(p) = &peer {
-            progress(slots, "Map", "vm-memory", p);
-        }
+        let array: ArrayMemslots = built(&map);
+        let trees: Memslots = built(&map);
+        let vmm = o.peer.then(|| peer::build(&map));
+        let [before, after, peer] = tests::interleaved(b, ROUNDS, |i, b| match (i, &vmm) {
+            (0, _) => tests::map(&array, &map, b),
+            (1, _) => tests::map(&trees, &map, b),
+            (_, Some(vmm)) => peer::map(vmm, &map, b),
+            _ => Vec::new(),
+        });
         add("Map", slots, before, after, peer);
     }
 
     if wants("Unmap") || wants("Unmap 2M") {
         let unmap = Layout::new(n, UNMAP_SIZE, MemFlags::empty()).expect("one page per slot");
         eprintln!("[{n:>5} slots] building the Unmap layout ...");
-        let array = ArrayMemslots::empty();
-        unmap.build(&array);
-        let trees = Memslots::empty();
-        unmap.build(&trees);
+        let array: ArrayMemslots = built(&unmap);
+        let trees: Memslots = built(&unmap);
         let vmm = o.peer.then(|| peer::build(&unmap));
         for (test, chunk) in [("Unmap", 1), ("Unmap 2M", CHUNK_2M)] {
             if !wants(test) {
                 continue;
             }
             let chunks = tests::unmap_chunks(&unmap, chunk);
-            let before = tests::unmap(&array, &chunks, b);
-            progress(n, test, "before", &before);
-            let after = tests::unmap(&trees, &chunks, b);
-            progress(n, test, "after", &after);
-            let peer = vmm.as_ref().map(|p| peer::unmap(p, &chunks, b));
-            if let Some(p) = &peer {
-                progress(n, test, "vm-memory", p);
-            }
+            let [before, after, peer] = tests::interleaved(b, ROUNDS, |i, b| match (i, &vmm) {
+                (0, _) => tests::unmap(&array, &chunks, b),
+                (1, _) => tests::unmap(&trees, &chunks, b),
+                (_, Some(vmm)) => peer::unmap(vmm, &chunks, b),
+                _ => Vec::new(),
+            });
             add(test, n, before, after, peer);
         }
     }
     rows.into_values().collect()
 }
 
+/// A VM of design `D` holding `layout`.
+fn built<D: Design>(layout: &Layout) -> D {
+    let vm = D::empty();
+    layout.build(&vm);
+    vm
+}
+
 /// Three significant digits, without exponent, as the cover letter writes them.
 fn secs(x: f64) -> String {
-    if !(x > 0.0) {
+    if x.is_nan() || x <= 0.0 {
         return "0".into();
     }
     let decimals = (2 - x.log10().floor() as i32).max(0) as usize;

@@ -16,7 +16,7 @@ use vm_memory::{
 };
 
 use crate::layout::{Layout, PAGE};
-use crate::tests::{measure, Budget, Sample};
+use crate::tests::{measure, Budget};
 
 #[derive(Debug)]
 pub(crate) struct Region {
@@ -63,7 +63,7 @@ pub(crate) fn build(layout: &Layout) -> Peer {
 
 /// Slot setup: `insert_region` per region (clones the `Vec`, sorts, revalidates every pair),
 /// each new collection published with `lock().replace()`.
-pub(crate) fn setup(layout: &Layout, budget: &Budget) -> Sample {
+pub(crate) fn setup(layout: &Layout, budget: &Budget) -> Vec<f64> {
     measure(budget, || {
         let regions = regions(layout);
         let peer: Peer = GuestMemoryAtomic::new(GuestRegionCollection::new());
@@ -78,8 +78,7 @@ pub(crate) fn setup(layout: &Layout, budget: &Budget) -> Sample {
 
 /// Map: per page, a `memory()` guard (its read-side section) and `find_region` (binary search),
 /// then the host address. There is no per-vCPU cache and no dirty log to mark.
-pub(crate) fn map(layout: &Layout, budget: &Budget) -> Sample {
-    let peer = build(layout);
+pub(crate) fn map(peer: &Peer, layout: &Layout, budget: &Budget) -> Vec<f64> {
     let first = layout.first_gfn();
     let gfns = first..first + layout.area_pages;
     measure(budget, || {
@@ -100,7 +99,7 @@ pub(crate) fn map(layout: &Layout, budget: &Budget) -> Sample {
 
 /// Unmap: vm-memory has no hva -> gpa lookup, so each chunk scans every region, as the array did
 /// and as vhost-user backends' `vmm_va_to_gpa` does.
-pub(crate) fn unmap(peer: &Peer, chunks: &[(u64, u64)], budget: &Budget) -> Sample {
+pub(crate) fn unmap(peer: &Peer, chunks: &[(u64, u64)], budget: &Budget) -> Vec<f64> {
     let pages: u64 = chunks.iter().map(|(s, e)| (e - s) / PAGE).sum();
     measure(budget, || {
         let start = Instant::now();

@@ -12,7 +12,11 @@ const LINES: [(&str, RGBColor); 3] = [
     ("vm-memory 0.18", RGBColor(90, 160, 60)),
 ];
 
-pub(crate) fn write(path: &Path, tests: &[&str], rows: &[Row]) -> Result<(), Box<dyn std::error::Error>> {
+pub(crate) fn write(
+    path: &Path,
+    tests: &[&str],
+    rows: &[Row],
+) -> Result<(), Box<dyn std::error::Error>> {
     let root = SVGBackend::new(path, (1200, 760)).into_drawing_area();
     root.fill(&WHITE)?;
     let root = root.titled(
@@ -63,16 +67,15 @@ pub(crate) fn write(path: &Path, tests: &[&str], rows: &[Row]) -> Result<(), Box
                 continue;
             }
             chart
-                .draw_series(LineSeries::new(points.iter().copied(), color.stroke_width(2)))?
+                .draw_series(LineSeries::new(
+                    points.iter().copied(),
+                    color.stroke_width(2),
+                ))?
                 .label(*name)
                 .legend(move |(x, y)| {
                     PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
                 });
-            chart.draw_series(
-                points
-                    .iter()
-                    .map(|&p| Circle::new(p, 3, color.filled())),
-            )?;
+            chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled())))?;
         }
         chart
             .configure_series_labels()

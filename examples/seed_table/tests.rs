@@ -29,8 +29,24 @@ pub(crate) struct Sample {
     pub(crate) iters: usize,
 }
 
-/// Runs `one` (which returns the time of the part it measures) until the budget is spent.
-pub(crate) fn measure(budget: &Budget, mut one: impl FnMut() -> Duration) -> Sample {
+impl Sample {
+    /// The median of every iteration time gathered.
+    pub(crate) fn of(mut times: Vec<f64>) -> Self {
+        assert!(!times.is_empty(), "at least one iteration");
+        times.sort_by(f64::total_cmp);
+        let n = times.len();
+        let median = if n % 2 == 1 {
+            times[n / 2]
+        } else {
+            (times[n / 2 - 1] + times[n / 2]) / 2.0
+        };
+        Sample { median, iters: n }
+    }
+}
+
+/// Runs `one` (which returns the time of the part it measures) until the budget is spent, and
+/// returns every iteration's time in seconds.
+pub(crate) fn measure(budget: &Budget, mut one: impl FnMut() -> Duration) -> Vec<f64> {
     let start = Instant::now();
     let mut times = Vec::new();
     loop {
@@ -45,21 +61,42 @@ pub(crate) fn measure(budget: &Budget, mut one: impl FnMut() -> Duration) -> Sam
             break;
         }
     }
-    times.sort_by(f64::total_cmp);
-    let n = times.len();
-    let median = if n % 2 == 1 {
-        times[n / 2]
-    } else {
-        (times[n / 2 - 1] + times[n / 2]) / 2.0
+    times
+}
+
+/// Measures the designs in alternating rounds, so that all see the same machine: on a shared
+/// machine, load from other work comes and goes, and a measurement taken all at once can land
+/// in a quiet or a busy spell. Each `run(i, budget)` measures design `i` for one round (an empty result: not
+/// measured). A design whose rounds have already taken longer than the cap gets no more rounds.
+pub(crate) fn interleaved<const N: usize>(
+    budget: &Budget,
+    rounds: u32,
+    mut run: impl FnMut(usize, &Budget) -> Vec<f64>,
+) -> [Option<Sample>; N] {
+    let round = Budget {
+        time: budget.time / rounds,
+        cap: budget.cap,
+        min_iters: budget.min_iters.div_ceil(rounds as usize),
+        max_iters: budget.max_iters.div_ceil(rounds as usize),
     };
-    Sample { median, iters: n }
+    let mut times: [Vec<f64>; N] = std::array::from_fn(|_| Vec::new());
+    let mut spent = [Duration::ZERO; N];
+    for _ in 0..rounds {
+        for i in 0..N {
+            if spent[i] >= budget.cap {
+                continue;
+            }
+            let start = Instant::now();
+            times[i].extend(run(i, &round));
+            spent[i] += start.elapsed();
+        }
+    }
+    times.map(|t| (!t.is_empty()).then(|| Sample::of(t)))
 }
 
 /// Map: every page of the area, in gfn order, one fault each (section, cached gfn -> slot, hva,
 /// dirty bit). The slots log dirty pages.
-pub(crate) fn map<D: Design>(layout: &Layout, budget: &Budget) -> Sample {
-    let vm = D::empty();
-    layout.build(&vm);
+pub(crate) fn map<D: Design>(vm: &D, layout: &Layout, budget: &Budget) -> Vec<f64> {
     let handle = vm.handle();
     let first = layout.first_gfn();
     let gfns = first..first + layout.area_pages;
@@ -101,7 +138,7 @@ pub(crate) fn unmap_chunks(layout: &Layout, chunk_pages: u64) -> Vec<(u64, u64)>
 
 /// Unmap and Unmap 2M: one hva-range query per chunk on the current version, consuming every
 /// (slot, gfn range) it yields.
-pub(crate) fn unmap<D: Design>(vm: &D, chunks: &[(u64, u64)], budget: &Budget) -> Sample {
+pub(crate) fn unmap<D: Design>(vm: &D, chunks: &[(u64, u64)], budget: &Budget) -> Vec<f64> {
     let pages: u64 = chunks.iter().map(|(s, e)| (e - s) / PAGE).sum();
     measure(budget, || {
         let start = Instant::now();
@@ -133,7 +170,7 @@ pub(crate) fn move_window(layout: &Layout, active: bool) -> Vec<u64> {
 /// Move active / Move inactive: one iteration moves the last slot past the end of the area and
 /// back (two `set_user_memory_region` calls, as the kernel's loop does), while a vCPU thread
 /// faults on the window in a loop. Returns the sample and the faults the vCPU took.
-pub(crate) fn moves<D: Design>(vm: &D, layout: &Layout, active: bool, budget: &Budget) -> (Sample, u64) {
+pub(crate) fn moves<D: Design>(vm: &D, layout: &Layout, active: bool, budget: &Budget) -> Vec<f64> {
     let home = layout.last();
     let away = UserspaceMemoryRegion {
         guest_phys_addr: MEM_GPA + layout.area_pages * PAGE,
@@ -157,7 +194,7 @@ pub(crate) fn moves<D: Design>(vm: &D, layout: &Layout, active: bool, budget: &B
     while faults.load(Ordering::Relaxed) == 0 {
         thread::yield_now();
     }
-    let sample = measure(budget, || {
+    let times = measure(budget, || {
         let start = Instant::now();
         vm.set_user_memory_region(away).expect("move away");
         vm.set_user_memory_region(home).expect("move back");
@@ -165,20 +202,18 @@ pub(crate) fn moves<D: Design>(vm: &D, layout: &Layout, active: bool, budget: &B
     });
     stop.store(true, Ordering::Relaxed);
     vcpu.join().expect("vCPU thread");
-    (sample, faults.load(Ordering::Relaxed))
+    times
 }
 
-/// Slot setup: every slot created from empty, one request (one published version) each. Returns
-/// the last VM built, for the Move tests, which use the same layout.
-pub(crate) fn setup<D: Design>(layout: &Layout, budget: &Budget) -> (Sample, D) {
-    let mut last = None;
-    let sample = measure(budget, || {
+/// Slot setup: every slot created from empty, one request (one published version) each. Leaves
+/// the last VM built in `last`, for the Move tests, which use the same layout.
+pub(crate) fn setup<D: Design>(layout: &Layout, budget: &Budget, last: &mut Option<D>) -> Vec<f64> {
+    measure(budget, || {
         let vm = D::empty();
         let start = Instant::now();
         layout.build(&vm);
         let took = start.elapsed();
-        last = Some(vm); // the previous VM is freed here, outside the timed part
+        *last = Some(vm); // the previous VM is freed here, outside the timed part
         took
-    });
-    (sample, last.expect("at least one iteration"))
+    })
 }
