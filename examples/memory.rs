@@ -76,7 +76,11 @@ fn main() {
 
     let r = Region::new(GLOBAL);
     let vm = Memslots::new(Limits::default());
-    println!("empty Memslots::new(Limits::default()): {} bytes", live(&r));
+    println!(
+        "empty Memslots::new(Limits::default()): {} heap bytes (+ {} bytes for the value itself)",
+        live(&r),
+        std::mem::size_of::<Memslots>()
+    );
     let before = live(&r);
     let reader = vm.reader();
     println!("  one Reader: {} bytes", live(&r) - before);
