@@ -342,6 +342,14 @@ impl<S: Version> ReadGuard<'_, S> {
         {
             return cache.last_used.as_ref();
         }
+        Self::miss(cache, as_id, gfn)
+    }
+
+    /// The search behind a cache miss, kept out of line so that the hit path stays small and
+    /// the same for every version type.
+    #[cold]
+    #[inline(never)]
+    fn miss(cache: &mut ReaderCache<S>, as_id: u16, gfn: Gfn) -> Option<&Memslot> {
         let found = cache
             .root
             .spaces

@@ -381,19 +381,26 @@ where
 {
     type Item = (&'a K, &'a V);
 
+    #[inline]
     fn next(&mut self) -> Option<Self::Item> {
         while !self.done {
-            if let Some((leaf, i)) = self.leaf {
-                if i < leaf.keys.len() {
-                    self.leaf = Some((leaf, i + 1));
-                    let (k, v) = (&leaf.keys[i], &leaf.vals[i]);
+            if let Some((leaf, mut i)) = self.leaf.take() {
+                // The rest of this leaf in a tight loop: most entries of a small query are
+                // skipped or end it.
+                while let (Some(k), Some(v)) = (leaf.keys.get(i), leaf.vals.get(i)) {
+                    i += 1;
                     match self.visit.visit(k, &S::of_entry(k, v)) {
-                        Visit::Enter => return Some((k, v)),
-                        Visit::Skip => continue,
-                        Visit::Stop => break,
+                        Visit::Enter => {
+                            self.leaf = Some((leaf, i));
+                            return Some((k, v));
+                        }
+                        Visit::Skip => {}
+                        Visit::Stop => {
+                            self.done = true;
+                            return None;
+                        }
                     }
                 }
-                self.leaf = None;
             }
             let Some(top) = self.stack.last_mut() else {
                 break;
