@@ -199,7 +199,7 @@ fn run(ops: &[Op]) {
 
 proptest! {
     #![proptest_config(ProptestConfig {
-        cases: if cfg!(debug_assertions) { 64 } else { 512 },
+        cases: if cfg!(debug_assertions) { 256 } else { 4096 },
         ..ProptestConfig::default()
     })]
 
