@@ -65,6 +65,8 @@ pub use publish::Transaction;
 pub use reader::{ReadGuard, Reader};
 pub use set::{GfnRange, HvaRange, Iter, MemslotSet};
 pub use slot::{DirtyBitmap, HvaError, Memslot};
-pub use types::{ChangeKind, Gfn, Gpa, Hva, Limits, MemFlags, SlotId, UserspaceMemoryRegion};
+pub use types::{
+    ChangeKind, Gfn, Gpa, Hva, Limits, MemFlags, SlotId, UserspaceMemoryRegion, MAX_ADDRESS_SPACES,
+};
 pub use view::{MemslotRead, MemslotStore};
 pub use vm::{Memslots, Snapshot};

@@ -10,6 +10,8 @@
 use core::fmt;
 use std::sync::Arc;
 
+use arrayvec::ArrayVec;
+
 use crate::change::{self, Origin, SlotLookup};
 use crate::error::Error;
 use crate::hooks::{ArchHooks, NoHooks};
@@ -35,9 +37,19 @@ pub trait Version: MemslotRead + SlotLookup + Clone + Send + Sync + 'static {
 /// becomes visible all at once.
 #[derive(Debug)]
 pub(crate) struct Root<S> {
-    pub(crate) spaces: Box<[Arc<S>]>,
+    pub(crate) spaces: Spaces<Arc<S>>,
     /// Counts publications; readers compare it with their cached root's.
     pub(crate) version: u64,
+}
+
+/// One value per address space, inline: [`Limits`] allows at most
+/// [`MAX_ADDRESS_SPACES`](crate::types::MAX_ADDRESS_SPACES), and an update should not pay an
+/// allocation for a list of two.
+pub(crate) type Spaces<T> = ArrayVec<T, { crate::types::MAX_ADDRESS_SPACES }>;
+
+/// One empty entry per address space of `like`.
+fn none_per_space<T, U>(like: &Spaces<U>) -> Spaces<Option<T>> {
+    like.iter().map(|_| None).collect()
 }
 
 /// What only the writer touches, under the writer lock (KVM's `slots_lock`).
@@ -124,7 +136,7 @@ impl<S: Version> Core<S> {
         let base = self.published.root();
         Transaction {
             vm_pages: writer.vm_pages,
-            spaces: (0..base.spaces.len()).map(|_| None).collect(),
+            spaces: none_per_space(&base.spaces),
             changes: Vec::new(),
             base,
             writer,
@@ -144,11 +156,8 @@ impl<S: Version> Core<S> {
         Ok(kind)
     }
 
-    fn publish(&self, spaces: Vec<Arc<S>>, version: u64) {
-        self.published.publish(Root {
-            spaces: spaces.into_boxed_slice(),
-            version,
-        });
+    fn publish(&self, spaces: Spaces<Arc<S>>, version: u64) {
+        self.published.publish(Root { spaces, version });
     }
 }
 
@@ -206,7 +215,7 @@ pub struct Transaction<'a, S: Version = crate::MemslotSet> {
     /// The root published when the transaction began (still current: the writer lock is held).
     base: Arc<Root<S>>,
     /// Working copies, made on the first change to an address space.
-    spaces: Vec<Option<S>>,
+    spaces: Spaces<Option<S>>,
     changes: Vec<Change>,
     vm_pages: u64,
 }
@@ -311,7 +320,7 @@ impl<S: Version> Transaction<'_, S> {
         let generation = |as_id: usize, steps: u64| base.spaces[as_id].generation() + steps * step;
 
         // Published slots that go away or move become INVALID first.
-        let mut invalid: Vec<Option<S>> = (0..base.spaces.len()).map(|_| None).collect();
+        let mut invalid: Spaces<Option<S>> = none_per_space(&base.spaces);
         let mut flushed = Vec::new();
         for change in &self.changes {
             if !matches!(change.kind, ChangeKind::Delete | ChangeKind::Move) {
@@ -331,7 +340,7 @@ impl<S: Version> Transaction<'_, S> {
             .filter(|&a| invalid[a].is_some())
             .collect();
         if !invalidated.is_empty() {
-            let mut spaces = base.spaces.to_vec();
+            let mut spaces = base.spaces.clone();
             for &as_id in &invalidated {
                 if let Some(mut space) = invalid[as_id].take() {
                     space.set_generation(generation(as_id, 1));
@@ -354,7 +363,7 @@ impl<S: Version> Transaction<'_, S> {
             {
                 if !invalidated.is_empty() {
                     // Put the old slots back: the published versions again, one step later.
-                    let mut spaces = base.spaces.to_vec();
+                    let mut spaces = base.spaces.clone();
                     for &as_id in &invalidated {
                         let mut space = S::clone(&base.spaces[as_id]);
                         space.set_generation(generation(as_id, 2));
@@ -368,7 +377,7 @@ impl<S: Version> Transaction<'_, S> {
             }
         }
 
-        let mut spaces = base.spaces.to_vec();
+        let mut spaces = base.spaces.clone();
         for (as_id, working) in self.spaces.iter_mut().enumerate() {
             if let Some(mut space) = working.take() {
                 space.set_generation(generation(as_id, 1 + invalid_steps(as_id)));

@@ -155,6 +155,9 @@ impl MemFlags {
     pub const USER: Self = Self::LOG_DIRTY_PAGES.union(Self::READONLY);
 }
 
+/// The most address spaces [`Limits`] allows.
+pub const MAX_ADDRESS_SPACES: usize = 16;
+
 /// The VM-wide limits that validation enforces.
 ///
 /// The default is x86-64's: 4 KiB pages, 2 address spaces (normal and SMM), 32764 user slots and
@@ -251,12 +254,13 @@ impl Limits {
         Ok(self)
     }
 
-    /// The same limits with another number of address spaces, from 1 to 16.
+    /// The same limits with another number of address spaces, from 1 to
+    /// [`MAX_ADDRESS_SPACES`].
     ///
     /// # Errors
-    /// [`Error::InvalidLimits`] for 0 or more than 16.
+    /// [`Error::InvalidLimits`] for 0 or more than [`MAX_ADDRESS_SPACES`].
     pub const fn with_address_spaces(mut self, address_spaces: u16) -> Result<Self, Error> {
-        if address_spaces == 0 || address_spaces > 16 {
+        if address_spaces == 0 || address_spaces as usize > MAX_ADDRESS_SPACES {
             return Err(Error::InvalidLimits(LimitsError::AddressSpaces(
                 address_spaces,
             )));
