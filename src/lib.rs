@@ -46,7 +46,12 @@
 
 pub mod baseline;
 mod change;
+mod diff;
 mod error;
+#[cfg(feature = "vm-memory")]
+mod interop;
+mod layout;
+mod listener;
 mod publish;
 mod set;
 mod slot;
@@ -57,7 +62,12 @@ mod types;
 mod view;
 mod vm;
 
+pub use diff::{Changes, Diff};
 pub use error::{errno, Error, LimitsError, SlotField};
+#[cfg(feature = "vm-memory")]
+pub use interop::{FromGuestMemoryError, GuestRegions};
+pub use layout::Layout;
+pub use listener::{replay, MemoryListener};
 pub use set::{GfnRange, HvaRange, Iter, MemslotSet};
 pub use slot::{DirtyBitmap, HvaError, Memslot};
 pub use types::{ChangeKind, Gfn, Gpa, Hva, Limits, MemFlags, SlotId, UserspaceMemoryRegion};
