@@ -229,9 +229,8 @@ impl Error {
             | Self::NoSuchSlot { .. }
             | Self::PageCountOverflow { .. }
             | Self::ImmutableField { .. }
-            | Self::InvalidLimits(_)
-            | Self::DuplicateSlot { .. }
-            | Self::EmptySlot { .. } => errno::EINVAL,
+            | Self::InvalidLimits(_) => errno::EINVAL,
+            Self::DuplicateSlot { .. } | Self::EmptySlot { .. } => errno::EINVAL,
         }
     }
 }

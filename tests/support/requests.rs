@@ -110,7 +110,7 @@ fn address(b: &mut Bytes<'_>, page: u64, base_page: u64, pages: u64) -> Option<u
         0..=239 => (base_page + u64::from(x) % pages) * page,
         240..=243 => b.u64()?,
         244..=247 => u64::from(x) & (page - 1),
-        _ => u64::MAX & !(page - 1),
+        _ => !(page - 1),
     })
 }
 
