@@ -86,7 +86,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     let boot = Layout {
         regions: vec![
             UserspaceMemoryRegion::new(0, MemFlags::empty(), 0, 2 * GIB, 0x7f00_0000_0000),
-            UserspaceMemoryRegion::new(1, MemFlags::empty(), 4 * GIB, 2 * GIB, 0x7f80_0000_0000),
+            UserspaceMemoryRegion::new(3, MemFlags::empty(), 4 * GIB, 2 * GIB, 0x7f80_0000_0000),
         ],
     };
     let vm = Memslots::from_layout(limits, &boot)?;
@@ -112,7 +112,7 @@ fn main() -> Result<(), Box<dyn Error>> {
                 ..boot.regions[0]
             },
         ),
-        ("unplug high RAM", UserspaceMemoryRegion::delete(1)),
+        ("unplug high RAM", UserspaceMemoryRegion::delete(3)),
         (
             "move the DIMM into the range high RAM left",
             UserspaceMemoryRegion {
@@ -134,7 +134,8 @@ fn main() -> Result<(), Box<dyn Error>> {
     }
 
     // The last two steps at once, as a backend that slept through them would see them: the
-    // unplug is sent before the DIMM moves onto the same range.
+    // unplug of slot 3 is sent before slot 2 moves onto its range, although the diff lists
+    // slot 2 first.
     println!("\nthe last two steps in one replay:");
     let mut late = Backend::default();
     replay(&empty, &kept[3], &mut late);

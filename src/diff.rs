@@ -18,6 +18,24 @@ use crate::tree::{self, DiffItem};
 /// compared: [`Memslot`]s for [`MemslotSet::diff`], [`UserspaceMemoryRegion`]s for
 /// [`Layout::diff`](crate::Layout::diff).
 ///
+/// | operation | cost |
+/// |---|---|
+/// | [`before`](Self::before), [`after`](Self::after), [`Clone`] | O(1) |
+/// | [`PartialEq`] | O(1): compares the slots' fields |
+///
+/// ```
+/// use memslots::{Diff, Limits, Memslots, MemFlags, UserspaceMemoryRegion};
+/// let vm = Memslots::new(Limits::default());
+/// let old = vm.snapshot(0);
+/// vm.set_user_memory_region(UserspaceMemoryRegion::new(4, MemFlags::empty(), 0, 4096, 0x1000))?;
+/// let new = vm.snapshot(0);
+/// let change = old.diff(&new).next().expect("one slot added");
+/// assert!(matches!(change, Diff::Added(_)));
+/// assert_eq!(change.before(), None);
+/// assert_eq!(change.after().map(|s| s.id()), Some(4));
+/// # Ok::<(), memslots::Error>(())
+/// ```
+///
 /// [`UserspaceMemoryRegion`]: crate::UserspaceMemoryRegion
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Diff<'a, T = Memslot> {

@@ -12,6 +12,10 @@ use crate::set::{Iter, MemslotSet};
 use crate::types::{Hva, MemFlags, UserspaceMemoryRegion};
 
 /// Why [`Layout::from_guest_memory`] could not describe a guest memory.
+///
+/// | operation | cost |
+/// |---|---|
+/// | [`Clone`], [`PartialEq`], `Display` | O(1) |
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum FromGuestMemoryError {

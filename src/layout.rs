@@ -123,6 +123,20 @@ impl Layout {
 impl From<&Memslot> for UserspaceMemoryRegion {
     /// The request that creates `slot` as it is. A slot caught in the middle of a delete or move
     /// (`INVALID`) is described as it was before: the internal flag is left out.
+    ///
+    /// Time: O(1).
+    ///
+    /// ```
+    /// use memslots::{ChangeKind, Limits, Memslots, MemFlags, UserspaceMemoryRegion};
+    /// let vm = Memslots::new(Limits::default());
+    /// let ram = UserspaceMemoryRegion::new(2, MemFlags::READONLY, 0x10_0000, 0x4000, 0x7000_0000);
+    /// vm.set_user_memory_region(ram)?;
+    /// let slots = vm.snapshot(0);
+    /// let described = UserspaceMemoryRegion::from(slots.get(2).expect("created"));
+    /// assert_eq!(described, ram);
+    /// assert_eq!(vm.set_user_memory_region(described)?, ChangeKind::Unchanged);
+    /// # Ok::<(), memslots::Error>(())
+    /// ```
     fn from(slot: &Memslot) -> Self {
         // npages >= 1, so this is the page size; the product fits, as validation ensured.
         let page_size = slot.size() / slot.npages();
