@@ -5,8 +5,9 @@
 //! [`run`] applies each request to [`Memslots`] and to the array baseline and panics unless:
 //! both give the same result; a refused or no-op request publishes nothing; every version passes
 //! `check_invariants`; both VMs list the same layout, and rebuilding a VM from it gives it back;
-//! the diff from the previous version (and from an older kept one) is exactly what changed; and a
-//! listener driven by [`replay`] follows along without ever holding two overlapping slots.
+//! the diff from the previous version (and from an older kept one) is exactly what changed, and
+//! the layouts' diff says the same; and a listener driven by [`replay`] follows along without
+//! ever holding two overlapping slots.
 
 use std::collections::BTreeMap;
 
@@ -352,10 +353,12 @@ pub fn run_steps(limits: Limits, steps: &[Step]) {
     let current =
         |vm: &Memslots| -> Vec<Snapshot> { (0..spaces).map(|a| vm.snapshot(a)).collect() };
     let mut anchor = current(&tree);
+    let mut anchor_layout = tree.layout();
     let mut mirrors: Vec<Mirror> = anchor.iter().map(|s| Mirror::of(s)).collect();
     for step in steps {
         let Some(req) = request(&tree, step) else {
             anchor = current(&tree);
+            anchor_layout = tree.layout();
             continue;
         };
         let before = current(&tree);
@@ -387,13 +390,27 @@ pub fn run_steps(limits: Limits, steps: &[Step]) {
             replay(old, new, &mut mirrors[a]);
             mirrors[a].assert_holds(new);
         }
-        // From the anchor, many steps back, in one replay.
+        // From the anchor, many steps back, in one replay; and the whole VM's layout diff is the
+        // address spaces' diffs one after the other.
+        let mut per_space = Vec::new();
         for (old, new) in anchor.iter().zip(&now) {
             let mut mirror = Mirror::of(old);
             replay(old, new, &mut mirror);
             mirror.assert_holds(new);
+            per_space.extend(old.diff(new).map(|d| {
+                (
+                    d.before().map(UserspaceMemoryRegion::from),
+                    d.after().map(UserspaceMemoryRegion::from),
+                )
+            }));
         }
         let layout = tree.layout();
+        let whole: Vec<_> = anchor_layout
+            .diff(&layout)
+            .iter()
+            .map(|d| (d.before().copied(), d.after().copied()))
+            .collect();
+        assert_eq!(whole, per_space, "layout diff");
         assert_eq!(layout, array_layout(&array, &limits), "layouts differ");
         let rebuilt = Memslots::from_layout(limits, &layout).expect("a VM's own layout loads");
         assert_eq!(rebuilt.layout(), layout);
