@@ -231,6 +231,21 @@ pub enum Error {
     /// [`Limits`](crate::Limits) were given a value the kernel could not have (EINVAL).
     #[error("invalid limits: {0}")]
     InvalidLimits(LimitsError),
+    /// A [`Layout`](crate::Layout) lists the same address space and slot id twice (EINVAL, as
+    /// for any malformed argument).
+    #[error("slot {slot} is listed twice in the layout")]
+    DuplicateSlot {
+        /// The slot listed twice.
+        slot: SlotId,
+    },
+    /// A [`Layout`](crate::Layout) lists a region with `memory_size` 0 (EINVAL). A layout lists
+    /// slots, and a slot has at least one page; as a request it would delete a slot that a
+    /// layout being rebuilt from nothing cannot have, which KVM answers with EINVAL.
+    #[error("slot {slot} has memory_size 0 in the layout")]
+    EmptySlot {
+        /// The slot with no pages.
+        slot: SlotId,
+    },
 }
 
 impl Error {
@@ -264,6 +279,7 @@ impl Error {
             | Self::PageCountOverflow { .. }
             | Self::ImmutableField { .. }
             | Self::InvalidLimits(_) => errno::EINVAL,
+            Self::DuplicateSlot { .. } | Self::EmptySlot { .. } => errno::EINVAL,
         }
     }
 }

@@ -16,6 +16,12 @@
 //! - [`baseline`]: the array design the kernel replaced, behind the same traits
 //!   ([`MemslotRead`], [`MemslotStore`]): the oracle for tests and the "Before" of the benchmarks.
 //! - [`tree`]: the persistent B+tree with per-subtree summaries underneath.
+//! - [`MemslotSet::diff`]: what changed between two versions, in O(k log n) for k changed slots,
+//!   since subtrees the versions share are skipped; [`replay`] drives a [`MemoryListener`] (a
+//!   device backend, an IOMMU, a hypervisor's slot table) from one version to another, every
+//!   removal before any addition.
+//! - [`Layout`]: a whole VM's slots as plain data, to save and restore
+//!   ([`Memslots::layout`], [`Memslots::from_layout`]) and compare.
 //!
 //! ```
 //! use memslots::{ChangeKind, Gfn, Hva, Limits, Memslots, MemFlags, UserspaceMemoryRegion};
@@ -40,15 +46,27 @@
 //! assert_eq!(slots.len(), 1);
 //! # Ok::<(), memslots::Error>(())
 //! ```
+//!
+//! # Cargo features
+//!
+//! - `serde`: [`Layout`] and [`UserspaceMemoryRegion`] implement `Serialize` and `Deserialize`.
+//! - `vm-memory`: `Layout::from_guest_memory` builds a layout from a rust-vmm
+//!   `GuestMemoryMmap` (or any `GuestMemoryBackend`), and `MemslotSet::guest_regions` lists a
+//!   version as vm-memory regions.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 #![doc(test(attr(deny(warnings))))]
 
 pub mod baseline;
 mod change;
+mod diff;
 mod dirty;
 mod error;
 mod hooks;
+#[cfg(feature = "vm-memory")]
+mod interop;
+mod layout;
+mod listener;
 mod publish;
 mod reader;
 mod set;
@@ -59,8 +77,13 @@ mod types;
 mod view;
 mod vm;
 
+pub use diff::{Changes, Diff};
 pub use error::{errno, Error, LimitsError, SlotField};
 pub use hooks::{ArchHooks, HookError, NoHooks};
+#[cfg(feature = "vm-memory")]
+pub use interop::{FromGuestMemoryError, GuestRegions};
+pub use layout::Layout;
+pub use listener::{replay, MemoryListener};
 pub use publish::Transaction;
 pub use reader::{ReadGuard, Reader};
 pub use set::{GfnRange, HvaRange, Iter, MemslotSet};

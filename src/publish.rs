@@ -113,6 +113,11 @@ impl<S: Version> Core<S> {
         }
     }
 
+    /// Every address space's current version, from one root.
+    pub(crate) fn versions(&self) -> Spaces<Arc<S>> {
+        self.published.root().spaces.clone()
+    }
+
     pub(crate) fn reader(&self) -> Reader<S> {
         Reader::new(Arc::clone(&self.published))
     }

@@ -320,6 +320,11 @@ impl MemslotSet {
         Ok(())
     }
 
+    /// The id tree, which [`diff`](Self::diff) walks.
+    pub(crate) fn by_id(&self) -> &Tree<u16, Arc<Memslot>> {
+        &self.by_id
+    }
+
     /// The three trees, for the diff and memory accounting.
     #[allow(dead_code)]
     pub(crate) fn node_count(&self) -> usize {

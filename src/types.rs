@@ -315,6 +315,11 @@ impl Limits {
 /// assert_eq!(delete.memory_size, 0);
 /// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(deny_unknown_fields)
+)]
 #[repr(C)]
 pub struct UserspaceMemoryRegion {
     /// Address space in the high 16 bits, slot id in the low 16.

@@ -210,6 +210,11 @@ impl Memslots {
         Snapshot(self.core.snapshot(as_id))
     }
 
+    /// Every address space's current version, read from one published root.
+    pub(crate) fn versions(&self) -> crate::publish::Spaces<Arc<MemslotSet>> {
+        self.core.versions()
+    }
+
     /// The pages of every slot in every address space (KVM's `nr_memslot_pages`).
     ///
     /// Time: O(1); takes the writer lock.

@@ -4,7 +4,7 @@
 
 use memslots::baseline::ArrayMemslots;
 use memslots::{
-    ChangeKind, Error, Gfn, Hva, Limits, MemFlags, Memslot, MemslotRead, MemslotStore, Memslots,
+    ChangeKind, Error, Gfn, Hva, Limits, MemFlags, Memslot, MemslotRead, Memslots,
     UserspaceMemoryRegion,
 };
 use proptest::prelude::*;
@@ -53,7 +53,7 @@ fn aligned(pages: std::ops::Range<u64>) -> impl Strategy<Value = u64> {
     prop_oneof![
         20 => pages.prop_map(|p| p * PAGE),
         1 => any::<u64>(),
-        1 => (1u64..PAGE),
+        1 => 1u64..PAGE,
         1 => Just(!(PAGE - 1)),
     ]
 }

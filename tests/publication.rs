@@ -455,7 +455,7 @@ fn clear_dirty_log_checks() {
     // Clear pages 0 and 64..=127 and, in the partial last word, page 129.
     assert_eq!(clear(0, 64, &[1]), Ok(()));
     assert_eq!(clear(64, 66, &[u64::MAX, 1 << 1]), Ok(()));
-    assert_eq!(vm.get_dirty_log(1).unwrap(), [u64::MAX & !1, 0, 1]);
+    assert_eq!(vm.get_dirty_log(1).unwrap(), [!1, 0, 1]);
 }
 
 #[test]
