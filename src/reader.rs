@@ -39,6 +39,13 @@
 //!
 //! A [`Snapshot`](crate::Snapshot) is not a section: it holds its version's memory alive, but
 //! never holds up a grace period.
+//!
+//! # Reclamation
+//!
+//! Versions are reference-counted, and the writer keeps every root it replaced until it holds the
+//! last reference. So a reader letting go of an old root (when it reloads) only decrements a
+//! count: freeing a version's nodes, which can take microseconds and the allocator's locks, is
+//! always the writer's work, as in RCU.
 
 use core::cell::{RefCell, RefMut};
 use core::fmt;
@@ -55,6 +62,8 @@ pub(crate) struct Published<S> {
     root: RootCell<Root<S>>,
     version: AtomicU64,
     readers: Mutex<Vec<Arc<ReaderEntry>>>,
+    /// Replaced roots that readers may still hold (writer only).
+    retired: Mutex<Vec<Arc<Root<S>>>>,
     /// Loom only: drop the fences, to show the model checker catches the broken protocol.
     #[cfg(loom)]
     pub(crate) weak_ordering: bool,
@@ -78,6 +87,7 @@ impl<S> Published<S> {
             root: RootCell::new(Arc::new(root)),
             version: AtomicU64::new(version),
             readers: Mutex::new(Vec::new()),
+            retired: Mutex::new(Vec::new()),
             #[cfg(loom)]
             weak_ordering: false,
         }
@@ -92,8 +102,27 @@ impl<S> Published<S> {
     /// must be greater than the current one. Only the writer calls this.
     pub(crate) fn publish(&self, root: Root<S>) {
         let version = root.version;
-        self.root.store(Arc::new(root));
+        let old = self.root.swap(Arc::new(root));
         self.version.store(version, Ordering::Release);
+        self.retire(old);
+    }
+
+    /// Keeps a replaced root until no reader holds it, so that freeing a version's memory is
+    /// the writer's work, never a reader's: a reader only drops its reference when it reloads.
+    /// A root is handed out only while current, so once retired its count can only fall; when
+    /// the list's reference is the last one, nobody else can reach it and dropping it here frees
+    /// it. The list holds at most one root per reader plus the ones freed at the next publish.
+    fn retire(&self, old: Arc<Root<S>>) {
+        let mut retired = lock(&self.retired);
+        retired.push(old);
+        let mut i = 0;
+        while i < retired.len() {
+            if Arc::strong_count(&retired[i]) == 1 {
+                drop(retired.swap_remove(i));
+            } else {
+                i += 1;
+            }
+        }
     }
 
     /// Waits until every read-side section that was running when this was called has ended.

@@ -74,12 +74,11 @@ impl<T> RootCell<T> {
         return Arc::clone(&lock(&self.cell));
     }
 
-    pub(crate) fn store(&self, value: Arc<T>) {
+    /// Replaces the value; returns the one it replaced.
+    pub(crate) fn swap(&self, value: Arc<T>) -> Arc<T> {
         #[cfg(not(loom))]
-        self.cell.store(value);
+        return self.cell.swap(value);
         #[cfg(loom)]
-        {
-            *lock(&self.cell) = value;
-        }
+        return core::mem::replace(&mut *lock(&self.cell), value);
     }
 }

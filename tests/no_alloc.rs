@@ -108,6 +108,31 @@ fn vm_read_side() {
     });
     // A cache miss clones the found slot into the reader (an `Arc` count, not an allocation).
     assert_eq!(n, 0, "the read side allocated");
+
+    // After a publish the reader's next section reloads the root and lets go of the old one; the
+    // old version is freed by the writer later, never by the reader.
+    let toggle = |flags| {
+        UserspaceMemoryRegion::new(
+            7,
+            flags,
+            7 * 8 * 4096,
+            4 * 4096,
+            0x7000_0000_0000 + (4096 - 7) * 4 * 4096,
+        )
+    };
+    for flags in [MemFlags::empty(), MemFlags::LOG_DIRTY_PAGES] {
+        vm.set_user_memory_region(toggle(flags)).unwrap();
+        let region = Region::new(GLOBAL);
+        let mut guard = reader.read();
+        black_box(guard.gfn_to_memslot(0, Gfn(7 * 8)));
+        drop(guard);
+        let change = region.change();
+        assert_eq!(
+            (change.allocations, change.deallocations),
+            (0, 0),
+            "a reader allocated or freed memory"
+        );
+    }
 }
 
 #[test]
