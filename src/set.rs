@@ -128,20 +128,29 @@ impl MemslotSet {
     /// slot `id`): the kernel's `kvm_replace_memslot`. Copies only the changed tree paths when the
     /// trees are shared with another version.
     pub(crate) fn replace(&mut self, id: u16, new: Option<Arc<Memslot>>) {
-        let old = self.by_id.remove(&id);
-        if let Some(old) = &old {
-            self.by_hva.remove(&HvaKey::of(old));
+        let Some(new) = new else {
+            if let Some(old) = self.by_id.remove(&id) {
+                self.by_hva.remove(&HvaKey::of(&old));
+                self.by_gfn.remove(&old.base_gfn().0);
+                self.total_pages -= old.npages();
+            }
+            return;
+        };
+        // An insert under an existing key replaces the value in one walk; a slot keeps its id
+        // and host range for life, so only a move needs a remove as well (in the gfn tree).
+        if let Some(old) = self.by_id.insert(id, Arc::clone(&new)) {
             self.total_pages -= old.npages();
-            if new.as_ref().map(|n| n.base_gfn()) != Some(old.base_gfn()) {
+            let (old_key, new_key) = (HvaKey::of(&old), HvaKey::of(&new));
+            if old_key != new_key || old_key.end != new_key.end {
+                self.by_hva.remove(&old_key);
+            }
+            if old.base_gfn() != new.base_gfn() {
                 self.by_gfn.remove(&old.base_gfn().0);
             }
         }
-        if let Some(new) = new {
-            self.total_pages += new.npages();
-            self.by_id.insert(id, Arc::clone(&new));
-            self.by_hva.insert(HvaKey::of(&new), Arc::clone(&new));
-            self.by_gfn.insert(new.base_gfn().0, new);
-        }
+        self.total_pages += new.npages();
+        self.by_hva.insert(HvaKey::of(&new), Arc::clone(&new));
+        self.by_gfn.insert(new.base_gfn().0, new);
     }
 
     /// The address space this version belongs to.
