@@ -314,20 +314,26 @@ impl<S: Version> Transaction<'_, S> {
     /// # Errors
     /// [`Error::Hook`] if a `prepare` hook refuses: nothing is changed (a published `INVALID` step
     /// is undone by publishing the old versions again, as the kernel does).
-    pub fn commit(mut self) -> Result<(), Error> {
-        if self.changes.is_empty() {
+    pub fn commit(self) -> Result<(), Error> {
+        let Transaction {
+            core,
+            mut writer,
+            base,
+            spaces: mut working_spaces,
+            changes,
+            vm_pages,
+        } = self;
+        if changes.is_empty() {
             return Ok(());
         }
-        let core = self.core;
         let step = u64::from(core.limits.address_spaces());
-        let base = Arc::clone(&self.base);
         let mut version = base.version;
         let generation = |as_id: usize, steps: u64| base.spaces[as_id].generation() + steps * step;
 
         // Published slots that go away or move become INVALID first.
         let mut invalid: Spaces<Option<S>> = none_per_space(&base.spaces);
         let mut flushed = Vec::new();
-        for change in &self.changes {
+        for change in &changes {
             if !matches!(change.kind, ChangeKind::Delete | ChangeKind::Move) {
                 continue;
             }
@@ -361,7 +367,7 @@ impl<S: Version> Transaction<'_, S> {
         }
         let invalid_steps = |as_id: usize| u64::from(invalidated.contains(&as_id));
 
-        for change in &self.changes {
+        for change in &changes {
             if let Err(refusal) =
                 core.hooks
                     .prepare(change.old.as_ref(), change.new.as_ref(), change.kind)
@@ -383,17 +389,20 @@ impl<S: Version> Transaction<'_, S> {
         }
 
         let mut spaces = base.spaces.clone();
-        for (as_id, working) in self.spaces.iter_mut().enumerate() {
+        for (as_id, working) in working_spaces.iter_mut().enumerate() {
             if let Some(mut space) = working.take() {
                 space.set_generation(generation(as_id, 1 + invalid_steps(as_id)));
                 spaces[as_id] = Arc::new(space);
             }
         }
+        // Let go of the old root before publishing, so that the publication can free it (and
+        // the INVALID one) at once when no reader holds them.
+        drop(base);
         version += 1;
         core.publish(spaces, version);
         core.synchronize();
-        self.writer.vm_pages = self.vm_pages;
-        for change in &self.changes {
+        writer.vm_pages = vm_pages;
+        for change in &changes {
             core.hooks
                 .commit(change.old.as_ref(), change.new.as_ref(), change.kind);
         }
