@@ -220,6 +220,7 @@ impl Memslot {
     /// The gfn range covering `[start, end)`, clamped to the slot, partial pages counting as whole
     /// ones (KVM's `__kvm_handle_hva_range` conversion). `start < end` and an overlap with the
     /// slot are the caller's to ensure.
+    #[inline]
     pub(crate) fn clamp_hva_range(&self, start: Hva, end: Hva) -> core::ops::Range<Gfn> {
         let first = start.0.max(self.userspace_addr.0) - self.userspace_addr.0;
         let last = end.0.min(self.end_hva().0) - self.userspace_addr.0;
