@@ -109,18 +109,7 @@ pub(crate) fn check(
             size: req.memory_size,
         });
     }
-    if slot.as_id >= limits.address_spaces() {
-        return Err(Error::InvalidAddressSpace {
-            as_id: slot.as_id,
-            address_spaces: limits.address_spaces(),
-        });
-    }
-    if slot.id >= limits.total_slots() {
-        return Err(Error::InvalidSlotId {
-            slot,
-            limit: limits.total_slots(),
-        });
-    }
+    check_slot_in_range(limits, slot, limits.total_slots())?;
     if req.guest_phys_addr.checked_add(req.memory_size).is_none() {
         return Err(Error::GpaOverflow {
             gpa: req.guest_phys_addr,
@@ -141,6 +130,28 @@ pub(crate) fn check(
         npages,
         userspace_addr: Hva(req.userspace_addr),
     })
+}
+
+/// The address space must exist and the id be below `id_limit` (EINVAL): step 6 of
+/// `kvm_set_memory_region`, and the first check of the dirty-log calls.
+pub(crate) fn check_slot_in_range(
+    limits: &Limits,
+    slot: SlotId,
+    id_limit: u16,
+) -> Result<(), Error> {
+    if slot.as_id >= limits.address_spaces() {
+        return Err(Error::InvalidAddressSpace {
+            as_id: slot.as_id,
+            address_spaces: limits.address_spaces(),
+        });
+    }
+    if slot.id >= id_limit {
+        return Err(Error::InvalidSlotId {
+            slot,
+            limit: id_limit,
+        });
+    }
+    Ok(())
 }
 
 /// The checks against the address space's current version (`kvm_set_memory_region` steps 9 to

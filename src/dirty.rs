@@ -1,6 +1,7 @@
 //! The dirty-log calls, `KVM_GET_DIRTY_LOG` and `KVM_CLEAR_DIRTY_LOG`, with the kernel's checks
 //! in the kernel's order (`kvm_get_dirty_log_protect`, `kvm_clear_dirty_log_protect`).
 
+use crate::change::check_slot_in_range;
 use crate::error::Error;
 use crate::publish::{Core, Version};
 use crate::slot::Memslot;
@@ -11,18 +12,7 @@ impl<S: Version> Core<S> {
     fn dirty_log_slot(&self, slot: u32) -> Result<SlotId, Error> {
         let slot = SlotId::from(slot);
         let limits = self.limits();
-        if slot.as_id >= limits.address_spaces() {
-            return Err(Error::InvalidAddressSpace {
-                as_id: slot.as_id,
-                address_spaces: limits.address_spaces(),
-            });
-        }
-        if slot.id >= limits.user_slots() {
-            return Err(Error::InvalidSlotId {
-                slot,
-                limit: limits.user_slots(),
-            });
-        }
+        check_slot_in_range(limits, slot, limits.user_slots())?;
         Ok(slot)
     }
 

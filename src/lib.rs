@@ -13,6 +13,12 @@
 //!   [`UserspaceMemoryRegion`] exactly as `KVM_SET_USER_MEMORY_REGION` does (same order, same
 //!   errno, same [`ChangeKind`]s, the `INVALID` step for delete and move, the same generations)
 //!   and publishes the result; [`snapshot`](Memslots::snapshot) hands out a version.
+//! - [`Reader`] / [`ReadGuard`]: per-vCPU handles. A read-side section is wait-free (no lock, no
+//!   allocation, one fence), keeps a last-used slot like KVM's `vcpu->last_used_slot`, and is what
+//!   grace periods ([`Memslots::synchronize`], and every update) wait for.
+//! - [`Transaction`]: several requests published as one version, all or nothing; [`ArchHooks`]:
+//!   the `kvm_arch_*` calls (`prepare`, `commit`, `flush_shadow`); dirty logging through
+//!   [`Reader::mark_page_dirty`], [`Memslots::get_dirty_log`] and [`Memslots::clear_dirty_log`].
 //! - [`baseline`]: the array design the kernel replaced, behind the same traits
 //!   ([`MemslotRead`], [`MemslotStore`]): the oracle for tests and the "Before" of the benchmarks.
 //! - [`tree`]: the persistent B+tree with per-subtree summaries underneath.
@@ -23,27 +29,41 @@
 //! - [`Layout`]: a whole VM's slots as plain data, to save and restore
 //!   ([`Memslots::layout`], [`Memslots::from_layout`]) and compare.
 //!
-//! ```
-//! use memslots::{ChangeKind, Gfn, Hva, Limits, Memslots, MemFlags, UserspaceMemoryRegion};
+//! The read / write / snapshot cycle:
 //!
-//! let vm = Memslots::new(Limits::default());
+//! ```
+//! use std::sync::Arc;
+//! use memslots::{ChangeKind, Diff, Gfn, Hva, Limits, Memslots, MemFlags, UserspaceMemoryRegion};
+//!
+//! let vm = Arc::new(Memslots::new(Limits::default()));
 //! // 1 GiB of RAM at guest physical 0, mapped at some host address, with dirty logging.
 //! let ram = UserspaceMemoryRegion::new(0, MemFlags::LOG_DIRTY_PAGES, 0, 1 << 30, 0x7f00_0000_0000);
 //! assert_eq!(vm.set_user_memory_region(ram)?, ChangeKind::Create);
+//! let before = vm.snapshot(0); // a version to keep: O(1), never changes
 //!
-//! // A vCPU translates a guest frame to a host address.
-//! let slots = vm.snapshot(0);
-//! let slot = slots.find(Gfn(0x1234)).expect("in RAM");
-//! assert_eq!(slot.gfn_to_hva(Gfn(0x1234)), Some(Hva(0x7f00_0123_4000)));
+//! // Read: a vCPU thread translates a guest frame and dirties it, without taking a lock.
+//! let reader = vm.reader();
+//! let vcpu = std::thread::spawn(move || {
+//!     let mut section = reader.read();
+//!     let hva = section.gfn_to_memslot(0, Gfn(0x1234)).and_then(|s| s.gfn_to_hva(Gfn(0x1234)));
+//!     section.mark_page_dirty(0, Gfn(0x1234));
+//!     hva
+//! });
+//! assert_eq!(vcpu.join().unwrap(), Some(Hva(0x7f00_0123_4000)));
 //!
-//! // Overlapping guest ranges are refused with KVM's errno, and nothing changes.
+//! // Write: KVM's rules and errno. An overlap is refused and changes nothing; a move returns once
+//! // no vCPU can still be using the old position.
 //! let clash = UserspaceMemoryRegion::new(1, MemFlags::empty(), 1 << 29, 1 << 20, 0x7e00_0000_0000);
 //! assert_eq!(vm.set_user_memory_region(clash).unwrap_err().errno(), memslots::errno::EEXIST);
+//! let moved = UserspaceMemoryRegion { guest_phys_addr: 1 << 32, ..ram };
+//! assert_eq!(vm.set_user_memory_region(moved)?, ChangeKind::Move);
 //!
-//! // The snapshot taken before a delete still sees the slot.
-//! vm.set_user_memory_region(UserspaceMemoryRegion::delete(0))?;
-//! assert!(vm.snapshot(0).is_empty());
-//! assert_eq!(slots.len(), 1);
+//! // Snapshot: the old version still answers as it did; a diff says what changed.
+//! assert_eq!(before.find(Gfn(0x1234)).map(|s| s.id()), Some(0));
+//! let after = vm.snapshot(0);
+//! assert!(after.find(Gfn(0x1234)).is_none());
+//! assert!(matches!(before.diff(&after).collect::<Vec<_>>()[..], [Diff::Changed { .. }]));
+//! assert_eq!(vm.get_dirty_log(0)?[0x1234 / 64], 1 << (0x1234 % 64)); // logging moved with the slot
 //! # Ok::<(), memslots::Error>(())
 //! ```
 //!
