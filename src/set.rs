@@ -333,12 +333,6 @@ impl MemslotSet {
     pub(crate) fn by_id(&self) -> &Tree<u16, Arc<Memslot>> {
         &self.by_id
     }
-
-    /// The three trees, for the diff and memory accounting.
-    #[allow(dead_code)]
-    pub(crate) fn node_count(&self) -> usize {
-        self.by_gfn.node_count() + self.by_hva.node_count() + self.by_id.node_count()
-    }
 }
 
 impl fmt::Debug for MemslotSet {
