@@ -1,0 +1,89 @@
+//! The public names other code is written against, used once each, so that renaming one breaks
+//! this test first.
+
+use memslots::{
+    ChangeKind, Diff, Error, Gfn, Gpa, Hva, Layout, Limits, MemFlags, Memslot, MemslotSet,
+    Memslots, SlotId, Snapshot, UserspaceMemoryRegion,
+};
+
+#[test]
+fn the_public_contract_is_whole() {
+    let vm = Memslots::new(Limits::default());
+    let ram = UserspaceMemoryRegion {
+        slot: u32::from(SlotId::new(0, 1)),
+        flags: MemFlags::LOG_DIRTY_PAGES.bits(),
+        guest_phys_addr: Gpa(0x10_0000).0,
+        memory_size: 0x4000,
+        userspace_addr: 0x7000_0000,
+    };
+    let kind: Result<ChangeKind, Error> = vm.set_user_memory_region(ram);
+    assert_eq!(kind, Ok(ChangeKind::Create));
+    for kind in [
+        ChangeKind::Create,
+        ChangeKind::Delete,
+        ChangeKind::Move,
+        ChangeKind::FlagsOnly,
+        ChangeKind::Unchanged,
+    ] {
+        assert!(!format!("{kind:?}").is_empty());
+    }
+
+    // Issue 2: versions and slots.
+    let snapshot: Snapshot = vm.snapshot(0);
+    let set: &MemslotSet = &snapshot;
+    let slot: &Memslot = set.get(1).unwrap();
+    assert_eq!(set.find(Gfn(0x101)).map(Memslot::id), Some(1));
+    assert!(set.find_approx(Gfn(0)).is_some());
+    assert_eq!(set.iter().count(), 1);
+    assert_eq!(set.gfn_range(Gfn(0), Gfn(u64::MAX)).count(), 1);
+    assert_eq!(set.hva_range(Hva(0x7000_0000), Hva(0x7000_1000)).count(), 1);
+    assert_eq!(
+        (set.len(), set.is_empty(), set.total_pages()),
+        (1, false, 4)
+    );
+    assert_eq!(set.generation(), 2);
+    assert_eq!((slot.id(), slot.as_id(), slot.npages()), (1, 0, 4));
+    assert_eq!(slot.base_gfn(), Gfn(0x100));
+    assert_eq!(slot.userspace_addr(), Hva(0x7000_0000));
+    assert_eq!(slot.flags(), MemFlags::LOG_DIRTY_PAGES);
+    assert_eq!(slot.gfn_to_hva(Gfn(0x101)), Some(Hva(0x7000_1000)));
+    assert_eq!(slot.hva_to_gfn(Hva(0x7000_1000)), Some(Gfn(0x101)));
+    assert!(slot.contains(Gfn(0x103)));
+    assert_eq!(
+        vm.set_user_memory_region(UserspaceMemoryRegion::delete(9))
+            .unwrap_err()
+            .errno(),
+        22
+    );
+
+    // Issue 3: readers, grace periods, transactions, dirty logs.
+    let reader = vm.reader();
+    {
+        let guard = reader.read();
+        assert_eq!(guard.slots(0).len(), 1);
+    }
+    reader.mark_page_dirty(0, Gfn(0x101));
+    vm.synchronize();
+    assert_eq!(vm.get_dirty_log(1).unwrap(), [0b10]);
+    vm.clear_dirty_log(1, 0, 4, &[u64::MAX]).unwrap();
+    let mut tx = vm.transaction();
+    let moved = UserspaceMemoryRegion {
+        guest_phys_addr: 0x20_0000,
+        ..ram
+    };
+    assert_eq!(tx.set_user_memory_region(moved), Ok(ChangeKind::Move));
+    tx.commit().unwrap();
+
+    // Issue 5: diffs and layouts.
+    let after = vm.snapshot(0);
+    let changes: Vec<Diff<'_>> = snapshot.diff(&after).collect();
+    assert!(matches!(changes[..], [Diff::Changed { old: _, new: _ }]));
+    assert!(matches!(
+        after.diff(&vm.snapshot(0)).next(),
+        None | Some(Diff::Added(_) | Diff::Removed(_))
+    ));
+    let layout: Layout = vm.layout();
+    assert_eq!(layout.regions.len(), 1);
+    let restored = Memslots::from_layout(Limits::default(), &layout).unwrap();
+    assert_eq!(restored.layout(), layout);
+}
