@@ -16,7 +16,7 @@ use vm_memory::{
 };
 
 use crate::layout::{Layout, PAGE};
-use crate::tests::{measure, Budget};
+use crate::tests::{map_pass, measure, Budget};
 
 #[derive(Debug)]
 pub(crate) struct Region {
@@ -79,21 +79,11 @@ pub(crate) fn setup(layout: &Layout, budget: &Budget) -> Vec<f64> {
 /// Map: per page, a `memory()` guard (its read-side section) and `find_region` (binary search),
 /// then the host address. There is no per-vCPU cache and no dirty log to mark.
 pub(crate) fn map(peer: &Peer, layout: &Layout, budget: &Budget) -> Vec<f64> {
-    let first = layout.first_gfn();
-    let gfns = first..first + layout.area_pages;
-    measure(budget, || {
-        let start = Instant::now();
-        let mut mapped = 0u64;
-        for gfn in gfns.clone() {
-            let gpa = gfn * PAGE;
-            let mem = peer.memory();
-            if let Some(r) = mem.find_region(GuestAddress(gpa)) {
-                mapped += u64::from(black_box(r.hva + (gpa - r.start.0)) != 0);
-            }
-        }
-        let took = start.elapsed();
-        assert_eq!(mapped, layout.area_pages);
-        took
+    map_pass(layout, budget, |gfn| {
+        let gpa = gfn * PAGE;
+        let mem = peer.memory();
+        mem.find_region(GuestAddress(gpa))
+            .is_some_and(|r| black_box(r.hva + (gpa - r.start.0)) != 0)
     })
 }
 

@@ -98,13 +98,25 @@ pub(crate) fn interleaved<const N: usize>(
 /// dirty bit). The slots log dirty pages.
 pub(crate) fn map<D: Design>(vm: &D, layout: &Layout, budget: &Budget) -> Vec<f64> {
     let handle = vm.handle();
+    map_pass(layout, budget, |gfn| {
+        D::fault(&handle, Gfn(gfn), true).is_some()
+    })
+}
+
+/// Times passes over every page of the Map area in gfn order; `fault` maps one page and says
+/// whether it was mapped (every page must be).
+pub(crate) fn map_pass(
+    layout: &Layout,
+    budget: &Budget,
+    mut fault: impl FnMut(u64) -> bool,
+) -> Vec<f64> {
     let first = layout.first_gfn();
     let gfns = first..first + layout.area_pages;
     measure(budget, || {
         let start = Instant::now();
         let mut mapped = 0u64;
         for gfn in gfns.clone() {
-            mapped += u64::from(D::fault(&handle, Gfn(gfn), true).is_some());
+            mapped += u64::from(fault(gfn));
         }
         let took = start.elapsed();
         assert_eq!(black_box(mapped), layout.area_pages, "every page is mapped");
