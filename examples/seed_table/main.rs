@@ -5,13 +5,16 @@
 //!
 //! ```text
 //! cargo run --release --example seed_table -- [--slots 10,509,32764] [--tests map,unmap,...]
-//!     [--json FILE] [--plot FILE.svg] [--budget SECONDS] [--no-peer]
+//!     [--json FILE] [--plot FILE.svg] [--budget SECONDS] [--rounds N] [--malloc MODE] [--no-peer]
 //! ```
 //!
-//! Times are seconds per iteration, the median of as many iterations as fit the budget (at least
-//! three, unless a single iteration is longer than the cap). Progress goes to stderr.
+//! Times are per iteration: the median of every iteration of every round, the designs taking
+//! turns round by round. Each row also shows the lowest and highest Before/After ratio among the
+//! rounds. The allocator's mode is fixed for the whole process (see `malloc.rs`). Progress goes
+//! to stderr.
 
 mod layout;
+mod malloc;
 mod peer;
 mod plot;
 mod tests;
@@ -25,7 +28,8 @@ use memslots::baseline::ArrayMemslots;
 use memslots::{MemFlags, Memslots};
 
 use layout::{Design, Layout, DEFAULT_SIZE, MAP_SIZE, UNMAP_SIZE};
-use tests::{Budget, Sample};
+use malloc::Malloc;
+use tests::{Budget, Rounds, Sample};
 
 /// Table order, with the names the JSON and `--tests` use.
 const TESTS: [(&str, &str); 6] = [
@@ -38,9 +42,7 @@ const TESTS: [(&str, &str); 6] = [
 ];
 const DEFAULT_SLOTS: [usize; 6] = [10, 30, 50, 100, 509, 32764];
 /// The Map area holds 8193 pages: one page per test slot at most, plus slot 0.
-const MAP_MAX_SLOTS: usize = 8194;
-/// Each measurement alternates the designs this many times.
-const ROUNDS: u32 = 3;
+pub(crate) const MAP_MAX_SLOTS: usize = 8194;
 const CHUNK_2M: u64 = (2 << 20) / layout::PAGE;
 
 /// One line of the table.
@@ -52,6 +54,8 @@ pub(crate) struct Row {
     pub(crate) before: Sample,
     pub(crate) after: Sample,
     pub(crate) peer: Option<Sample>,
+    /// Slot setup only: minor page faults per update, Before and After.
+    pub(crate) faults: Option<[f64; 2]>,
 }
 
 impl Row {
@@ -60,8 +64,23 @@ impl Row {
         [
             Some(self.before.median),
             Some(self.after.median),
-            self.peer.map(|p| p.median),
+            self.peer.as_ref().map(|p| p.median),
         ]
+    }
+
+    pub(crate) fn ratio(&self) -> f64 {
+        self.before.median / self.after.median
+    }
+
+    /// The ratio this row must reach (Before/After), from issue 10: no row slower than the
+    /// array, and at 32764 slots the kernel's own gains or more.
+    fn target(&self) -> f64 {
+        match (self.test, self.slots) {
+            ("Unmap" | "Unmap 2M", 32764) => 100.0,
+            ("Slot setup", 32764) => 30.0,
+            ("Move active" | "Move inactive", 32764) => 20.0,
+            _ => 1.0,
+        }
     }
 }
 
@@ -71,17 +90,23 @@ struct Options {
     json: Option<PathBuf>,
     plot: Option<PathBuf>,
     budget: Budget,
+    rounds: Rounds,
+    malloc: Malloc,
     peer: bool,
 }
 
 const USAGE: &str = "\
 usage: seed_table [--slots N,N,...] [--tests T,T,...] [--json FILE] [--plot FILE.svg]
-                  [--budget SECONDS] [--no-peer]
+                  [--budget SECONDS] [--rounds N] [--malloc MODE] [--no-peer]
   --slots   slot counts (default 10,30,50,100,509,32764; at most 32764, at least 2)
   --tests   any of map, unmap, unmap2m, move-active, move-inactive, setup (default: all)
-  --json    write every row as {\"test\", \"slots\", \"before_s\", \"after_s\", \"vm_memory_s\"}
+  --json    write every row as {\"test\", \"slots\", \"before_s\", \"after_s\", \"vm_memory_s\",
+            \"ratio_min\", \"ratio_max\", ...}
   --plot    write seconds per iteration against slots, log-log, as SVG
-  --budget  seconds per measurement before it stops at the next iteration (default 0.5)
+  --budget  seconds per design and measurement before it stops at the next iteration
+            (default 0.5)
+  --rounds  turns the designs take per measurement (default 10; every design runs at least 3)
+  --malloc  mmap (default), heap or adaptive: how glibc serves the array's large copies
   --no-peer skip the vm-memory column";
 
 fn parse() -> Result<Options, String> {
@@ -96,6 +121,8 @@ fn parse() -> Result<Options, String> {
             min_iters: 3,
             max_iters: 20_000,
         },
+        rounds: Rounds { count: 10, min: 3 },
+        malloc: Malloc::Mmap,
         peer: true,
     };
     let mut args = std::env::args().skip(1);
@@ -143,6 +170,18 @@ fn parse() -> Result<Options, String> {
                 o.budget.time = Duration::from_secs_f64(s);
                 o.budget.cap = Duration::from_secs_f64(s * 10.0);
             }
+            "--rounds" => {
+                o.rounds.count = match value()?.parse::<u32>() {
+                    Ok(n) if (1..=1000).contains(&n) => n,
+                    _ => return Err("--rounds: a count in 1..=1000".into()),
+                };
+                o.rounds.min = o.rounds.count.min(3);
+            }
+            "--malloc" => {
+                let v = value()?;
+                o.malloc = Malloc::parse(&v)
+                    .ok_or(format!("--malloc: one of {}, not {v:?}", Malloc::NAMES))?;
+            }
             "--no-peer" => o.peer = false,
             "-h" | "--help" => {
                 println!("{USAGE}");
@@ -162,6 +201,10 @@ fn main() {
             std::process::exit(2);
         }
     };
+    if let Some(code) = malloc::reexec(o.malloc) {
+        std::process::exit(code);
+    }
+    print_header(&o);
     let run_start = Instant::now();
     let mut rows: Vec<Row> = Vec::new();
     for &n in &o.slots {
@@ -169,7 +212,7 @@ fn main() {
         print_table(n, &got, o.peer);
         rows.extend(got);
     }
-    print_notes(&rows, o.peer);
+    print_notes(&rows, &o);
     eprintln!("total {:.1} s", run_start.elapsed().as_secs_f64());
     if let Some(path) = &o.json {
         std::fs::write(path, json(&rows)).expect("write --json file");
@@ -187,53 +230,74 @@ fn main() {
 
 fn progress(n: usize, test: &str, who: &str, s: &Sample) {
     eprintln!(
-        "[{n:>5} slots] {test:<13} {who:<9} {:>11}s  ({} iterations)",
-        secs(s.median),
-        s.iters
+        "[{n:>5} slots] {test:<13} {who:<9} {:>9}  ({} iterations, {} rounds)",
+        time(s.median),
+        s.iters,
+        s.rounds.len()
     );
 }
 
 /// Runs the selected tests at `n` slots; the rows come back in table order.
 fn run_count(n: usize, o: &Options) -> Vec<Row> {
-    let b = &o.budget;
+    let (b, rounds) = (&o.budget, o.rounds);
     let wants = |t: &str| o.tests.contains(&t);
     let mut rows = BTreeMap::new();
-    let mut add =
-        |test: &'static str, slots, before: Option<Sample>, after: Option<Sample>, peer| {
-            let (before, after) = (before.expect("measured"), after.expect("measured"));
-            for (who, s) in [
-                ("before", Some(before)),
-                ("after", Some(after)),
-                ("vm-memory", peer),
-            ] {
-                if let Some(s) = s {
-                    progress(slots, test, who, &s);
-                }
+    let mut add = |test: &'static str,
+                   slots,
+                   before: Option<Sample>,
+                   after: Option<Sample>,
+                   peer: Option<Sample>| {
+        let (before, after) = (before.expect("measured"), after.expect("measured"));
+        for (who, s) in [
+            ("before", Some(&before)),
+            ("after", Some(&after)),
+            ("vm-memory", peer.as_ref()),
+        ] {
+            if let Some(s) = s {
+                progress(slots, test, who, s);
             }
-            rows.insert(
-                TESTS.iter().position(|t| t.1 == test).unwrap_or(0),
-                Row {
-                    test,
-                    slots,
-                    before,
-                    after,
-                    peer,
-                },
-            );
-        };
+        }
+        rows.insert(
+            TESTS.iter().position(|t| t.1 == test).unwrap_or(0),
+            Row {
+                test,
+                slots,
+                before,
+                after,
+                peer,
+                faults: None,
+            },
+        );
+    };
 
     // Slot setup first: its last VM of each design serves the Move tests (same default area).
     let default = Layout::new(n, DEFAULT_SIZE, MemFlags::empty()).expect("one page per slot");
     let (mut array, mut trees): (Option<ArrayMemslots>, Option<Memslots>) = (None, None);
+    let mut setup_faults = None;
     if wants("Slot setup") {
         eprintln!("[{n:>5} slots] Slot setup ...");
-        let [before, after, peer] = tests::interleaved(b, ROUNDS, |i, b| match i {
-            0 => tests::setup(&default, b, &mut array),
-            1 => tests::setup(&default, b, &mut trees),
-            _ if o.peer => peer::setup(&default, b),
-            _ => Vec::new(),
+        // Page faults and updates per design, to report how the allocator served the copies.
+        let mut counted = [(0u64, 0u64); 2];
+        let [before, after, peer] = tests::interleaved(b, rounds, |i, b| {
+            let faults = malloc::minor_faults();
+            let times = match i {
+                0 => tests::setup(&default, b, &mut array),
+                1 => tests::setup(&default, b, &mut trees),
+                _ if o.peer => peer::setup(&default, b),
+                _ => Vec::new(),
+            };
+            if let (Some(c), Some(f0), Some(f1)) =
+                (counted.get_mut(i), faults, malloc::minor_faults())
+            {
+                c.0 += f1 - f0;
+                c.1 += (times.len() * n) as u64;
+            }
+            times
         });
         add("Slot setup", n, before, after, peer);
+        if malloc::minor_faults().is_some() {
+            setup_faults = Some(counted.map(|(f, u)| f as f64 / u.max(1) as f64));
+        }
     }
     for (test, active) in [("Move active", true), ("Move inactive", false)] {
         if !wants(test) {
@@ -241,7 +305,7 @@ fn run_count(n: usize, o: &Options) -> Vec<Row> {
         }
         let array = array.get_or_insert_with(|| built(&default));
         let trees = trees.get_or_insert_with(|| built(&default));
-        let [before, after] = tests::interleaved(b, ROUNDS, |i, b| match i {
+        let [before, after] = tests::interleaved(b, rounds, |i, b| match i {
             0 => tests::moves(array, &default, active, b),
             _ => tests::moves(trees, &default, active, b),
         });
@@ -255,7 +319,7 @@ fn run_count(n: usize, o: &Options) -> Vec<Row> {
         let array: ArrayMemslots = built(&map);
         let trees: Memslots = built(&map);
         let vmm = o.peer.then(|| peer::build(&map));
-        let [before, after, peer] = tests::interleaved(b, ROUNDS, |i, b| match (i, &vmm) {
+        let [before, after, peer] = tests::interleaved(b, rounds, |i, b| match (i, &vmm) {
             (0, _) => tests::map(&array, &map, b),
             (1, _) => tests::map(&trees, &map, b),
             (_, Some(vmm)) => peer::map(vmm, &map, b),
@@ -275,7 +339,7 @@ fn run_count(n: usize, o: &Options) -> Vec<Row> {
                 continue;
             }
             let chunks = tests::unmap_chunks(&unmap, chunk);
-            let [before, after, peer] = tests::interleaved(b, ROUNDS, |i, b| match (i, &vmm) {
+            let [before, after, peer] = tests::interleaved(b, rounds, |i, b| match (i, &vmm) {
                 (0, _) => tests::unmap(&array, &chunks, b),
                 (1, _) => tests::unmap(&trees, &chunks, b),
                 (_, Some(vmm)) => peer::unmap(vmm, &chunks, b),
@@ -284,7 +348,14 @@ fn run_count(n: usize, o: &Options) -> Vec<Row> {
             add(test, n, before, after, peer);
         }
     }
-    rows.into_values().collect()
+    rows.into_values()
+        .map(|mut r| {
+            if r.test == "Slot setup" {
+                r.faults = setup_faults;
+            }
+            r
+        })
+        .collect()
 }
 
 /// A VM of design `D` holding `layout`.
@@ -294,19 +365,42 @@ fn built<D: Design>(layout: &Layout) -> D {
     vm
 }
 
-/// Three significant digits, without exponent, as the cover letter writes them.
-fn secs(x: f64) -> String {
+/// Three significant digits in the largest unit (ns, us, ms, s) that keeps the number at 1 or
+/// more, so every time fits a column of 9.
+pub(crate) fn time(x: f64) -> String {
     if x.is_nan() || x <= 0.0 {
         return "0".into();
     }
-    let decimals = (2 - x.log10().floor() as i32).max(0) as usize;
-    format!("{x:.decimals$}")
+    let (value, unit) = [(1e-9, "ns"), (1e-6, "us"), (1e-3, "ms"), (1.0, "s")]
+        .iter()
+        .rev()
+        .find(|(scale, _)| x >= *scale)
+        .map_or((x / 1e-9, "ns"), |&(scale, unit)| (x / scale, unit));
+    let decimals = if value >= 100.0 {
+        0
+    } else if value >= 10.0 {
+        1
+    } else {
+        2
+    };
+    format!("{value:.decimals$} {unit}")
+}
+
+/// A ratio with about three significant digits.
+fn ratio(x: f64) -> String {
+    if x >= 100.0 {
+        format!("{x:.0}x")
+    } else if x >= 10.0 {
+        format!("{x:.1}x")
+    } else {
+        format!("{x:.2}x")
+    }
 }
 
 fn improvement(before: f64, after: f64) -> String {
     let pct = (1.0 - after / before) * 100.0;
     if pct.abs() < 1.0 {
-        "None".into()
+        "about 0%".into()
     } else {
         format!("{pct:.0}%")
     }
@@ -320,49 +414,71 @@ fn label(row: &Row, n: usize) -> String {
     }
 }
 
+fn print_header(o: &Options) {
+    println!(
+        "The benchmark table of the 2021 \"scalable memslots\" series (kernel selftest \
+         memslot_perf_test),\nreproduced at library level, one process, the designs taking turns.\n\
+         \n  Before     the gfn-sorted array KVM used until 2021 (memslots::baseline::ArrayMemslots):\n\
+         \x20            copied whole on every update, scanned linearly for every hva lookup\n\
+         \x20 After      this crate's persistent trees (memslots::Memslots): O(log n) per update \
+         and lookup\n{}\
+         \n  Time       per iteration, median over {} rounds; lower is better\n\
+         \x20 Before/After  how many times faster After is (above 1.00x: After wins)\n\
+         \x20 spread     lowest and highest Before/After among the rounds\n\
+         \x20 malloc     {}",
+        if o.peer {
+            "  vm-memory  rust-vmm's vm-memory 0.18 GuestMemoryAtomic, where a test applies\n"
+        } else {
+            ""
+        },
+        o.rounds.count,
+        o.malloc.describe()
+    );
+}
+
 fn print_table(n: usize, rows: &[Row], with_peer: bool) {
     let mut out = String::new();
     let _ = writeln!(out, "\n{n} slots in use:");
     let _ = write!(
         out,
-        "{:<16} {:>11} {:>11} {:>12} {:>13}",
-        "Test", "Before", "After", "Improvement", "Before/After"
+        "{:<16} {:>9} {:>9} {:>12} {:>13} {:>14}",
+        "Test", "Before", "After", "Improvement", "Before/After", "spread"
     );
     if with_peer {
-        let _ = write!(out, " {:>12}", "vm-memory");
+        let _ = write!(out, " {:>9}", "vm-memory");
     }
     out.push('\n');
     for r in rows {
+        let (lo, hi) = tests::ratio_spread(&r.before, &r.after);
         let _ = write!(
             out,
-            "{:<16} {:>11} {:>11} {:>12} {:>13}",
+            "{:<16} {:>9} {:>9} {:>12} {:>13} {:>14}",
             label(r, n),
-            format!("{}s", secs(r.before.median)),
-            format!("{}s", secs(r.after.median)),
+            time(r.before.median),
+            time(r.after.median),
             improvement(r.before.median, r.after.median),
-            format!("{:.1}x", r.before.median / r.after.median)
+            ratio(r.ratio()),
+            format!("{}-{}", ratio(lo).trim_end_matches('x'), ratio(hi))
         );
         if with_peer {
-            let peer = match r.peer {
-                Some(p) => format!("{}s", secs(p.median)),
-                None => "-".into(),
-            };
+            let peer = r.peer.as_ref().map_or("-".into(), |p| time(p.median));
             let mark = match r.test {
                 "Unmap" | "Unmap 2M" => " [1]",
                 "Move active" | "Move inactive" => " [2]",
                 "Map" => " [3]",
                 _ => "",
             };
-            let _ = write!(out, " {peer:>12}{mark}");
+            let _ = write!(out, " {peer:>9}{mark}");
         }
         out.push('\n');
     }
     print!("{out}");
 }
 
-fn print_notes(rows: &[Row], with_peer: bool) {
+fn print_notes(rows: &[Row], o: &Options) {
     println!(
-        "\nSeconds per iteration, median of the iterations that fit the time budget (fewest: {}).",
+        "\nTimes per iteration: the median of every iteration of every round (fewest iterations \
+         in a row: {}).",
         rows.iter()
             .map(|r| r.before.iters.min(r.after.iters))
             .min()
@@ -374,50 +490,97 @@ fn print_notes(rows: &[Row], with_peer: bool) {
          are. A Move iteration is\ntwo moves (away and back), each with its INVALID step and \
          grace periods, while one vCPU thread faults."
     );
-    if with_peer {
+    if o.peer {
         println!(
             "[1] vm-memory has no hva -> gpa lookup: every chunk scans all regions.\n\
              [2] vm-memory has no move and no grace period: nothing comparable to time.\n\
              [3] vm-memory: memory() guard + find_region per page; no per-vCPU cache, no dirty log."
         );
     }
-    // The targets are ratios; print whether this run met them.
-    let ratio = |r: &Row| r.before.median / r.after.median;
-    let mut lines = Vec::new();
-    for r in rows {
-        let need = match (r.test, r.slots) {
-            ("Unmap" | "Unmap 2M", 32764) => Some(100.0),
-            ("Slot setup", 32764) => Some(30.0),
-            ("Move active" | "Move inactive", 32764) => Some(20.0),
-            ("Map", _) | (_, 10) => Some(1.0 / 1.25),
-            _ => None,
-        };
-        if let Some(need) = need {
-            let ok = ratio(r) >= need;
-            lines.push(format!(
-                "  {:<20} {:>6} slots: {:>7.2}x (target >= {need:.2}x) {}",
-                r.test,
-                r.slots,
-                ratio(r),
-                if ok { "met" } else { "MISSED" }
-            ));
-        }
+    let faults: Vec<String> = rows
+        .iter()
+        .filter_map(|r| {
+            r.faults
+                .map(|[b, a]| format!("{} slots {b:.1} / {a:.2}", r.slots))
+        })
+        .collect();
+    if !faults.is_empty() {
+        println!(
+            "Minor page faults per update in Slot setup, Before / After (a copy from a fresh mmap \
+             faults in\nevery page it writes): {}.",
+            faults.join(", ")
+        );
     }
-    if !lines.is_empty() {
-        println!("\nTargets (Before/After):\n{}", lines.join("\n"));
+    // The targets are ratios; print whether this run met them.
+    let missed: Vec<String> = rows
+        .iter()
+        .filter(|r| r.ratio() < r.target())
+        .map(|r| format!("{} at {} slots {}", r.test, r.slots, ratio(r.ratio())))
+        .collect();
+    let lowest = rows
+        .iter()
+        .filter(|r| r.target() == 1.0)
+        .min_by(|a, b| a.ratio().total_cmp(&b.ratio()));
+    println!(
+        "\nTargets (Before/After, from the project's issue 10; the kernel's own table has no \
+         slower row):"
+    );
+    if let Some(r) = lowest {
+        println!(
+            "  every row >= 1.00x (After at least as fast as Before); lowest: {} at {} slots, {}",
+            r.test,
+            r.slots,
+            ratio(r.ratio())
+        );
+    }
+    for r in rows.iter().filter(|r| r.target() > 1.0) {
+        let (lo, _) = tests::ratio_spread(&r.before, &r.after);
+        println!(
+            "  {:<13} at {} slots >= {:<5}: {} (lowest round {}) {}",
+            r.test,
+            r.slots,
+            ratio(r.target()),
+            ratio(r.ratio()),
+            ratio(lo),
+            if r.ratio() >= r.target() {
+                "met"
+            } else {
+                "MISSED"
+            }
+        );
+    }
+    if missed.is_empty() {
+        println!("  all met");
+    } else {
+        println!("  MISSED: {}", missed.join("; "));
     }
 }
 
 fn json(rows: &[Row]) -> String {
     let mut out = String::from("[\n");
     for (i, r) in rows.iter().enumerate() {
+        let (lo, hi) = tests::ratio_spread(&r.before, &r.after);
         let _ = write!(
             out,
-            "  {{\"test\": \"{}\", \"slots\": {}, \"before_s\": {:e}, \"after_s\": {:e}",
-            r.test, r.slots, r.before.median, r.after.median
+            "  {{\"test\": \"{}\", \"slots\": {}, \"before_s\": {:e}, \"after_s\": {:e}, \
+             \"ratio\": {:.4}, \"ratio_min\": {lo:.4}, \"ratio_max\": {hi:.4}, \
+             \"before_iters\": {}, \"after_iters\": {}",
+            r.test,
+            r.slots,
+            r.before.median,
+            r.after.median,
+            r.ratio(),
+            r.before.iters,
+            r.after.iters
         );
-        if let Some(p) = r.peer {
+        if let Some(p) = &r.peer {
             let _ = write!(out, ", \"vm_memory_s\": {:e}", p.median);
+        }
+        if let Some([b, a]) = r.faults {
+            let _ = write!(
+                out,
+                ", \"faults_per_update_before\": {b:.2}, \"faults_per_update_after\": {a:.3}"
+            );
         }
         out.push('}');
         if i + 1 < rows.len() {

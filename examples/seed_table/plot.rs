@@ -1,10 +1,11 @@
 //! Time per iteration against slot count, log-log, one panel per test and one line per design.
+//! Lower is better.
 
 use std::path::Path;
 
 use plotters::prelude::*;
 
-use crate::Row;
+use crate::{time, Row, MAP_MAX_SLOTS};
 
 const LINES: [(&str, RGBColor); 3] = [
     ("Before (array)", RGBColor(200, 60, 40)),
@@ -20,9 +21,10 @@ pub(crate) fn write(
     let root = SVGBackend::new(path, (1200, 760)).into_drawing_area();
     root.fill(&WHITE)?;
     let root = root.titled(
-        "Seconds per iteration against slots in use (log-log)",
+        "Time per iteration against slots in use (log-log, lower is better)",
         ("sans-serif", 22),
     )?;
+    let map_caption = format!("Map (stops at {MAP_MAX_SLOTS} slots: one page each)");
     let cols = tests.len().clamp(1, 3);
     let panels = root.split_evenly((tests.len().div_ceil(cols), cols));
     for (panel, &test) in panels.iter().zip(tests) {
@@ -47,7 +49,14 @@ pub(crate) fn write(
             (a.min(r.slots as f64), b.max(r.slots as f64))
         });
         let mut chart = ChartBuilder::on(panel)
-            .caption(test, ("sans-serif", 18))
+            .caption(
+                if test == "Map" {
+                    map_caption.as_str()
+                } else {
+                    test
+                },
+                ("sans-serif", 18),
+            )
             .margin(8)
             .x_label_area_size(34)
             .y_label_area_size(64)
@@ -58,9 +67,9 @@ pub(crate) fn write(
         chart
             .configure_mesh()
             .x_desc("slots")
-            .y_desc("s / iteration")
+            .y_desc("time / iteration")
             .x_label_formatter(&|x| format!("{x:.0}"))
-            .y_label_formatter(&|y| format!("{y:.0e}"))
+            .y_label_formatter(&|y| time(*y))
             .draw()?;
         for ((name, color), points) in LINES.iter().zip(&series) {
             if points.is_empty() {

@@ -22,26 +22,53 @@ pub(crate) struct Budget {
     pub(crate) max_iters: usize,
 }
 
-/// The median time of one iteration, in seconds, and how many iterations ran.
-#[derive(Debug, Clone, Copy)]
+/// One design's times for one row: the median over every iteration of every round, and the
+/// median of each round on its own (in round order), whose spread shows how much the machine
+/// moved during the measurement.
+#[derive(Debug, Clone)]
 pub(crate) struct Sample {
     pub(crate) median: f64,
     pub(crate) iters: usize,
+    pub(crate) rounds: Vec<f64>,
+}
+
+/// The median of `times`, which must not be empty.
+fn median(times: &mut [f64]) -> f64 {
+    times.sort_by(f64::total_cmp);
+    let n = times.len();
+    if n % 2 == 1 {
+        times[n / 2]
+    } else {
+        (times[n / 2 - 1] + times[n / 2]) / 2.0
+    }
 }
 
 impl Sample {
-    /// The median of every iteration time gathered.
-    pub(crate) fn of(mut times: Vec<f64>) -> Self {
-        assert!(!times.is_empty(), "at least one iteration");
-        times.sort_by(f64::total_cmp);
-        let n = times.len();
-        let median = if n % 2 == 1 {
-            times[n / 2]
-        } else {
-            (times[n / 2 - 1] + times[n / 2]) / 2.0
-        };
-        Sample { median, iters: n }
+    /// The sample of iteration times gathered round by round (no round empty).
+    pub(crate) fn of(mut rounds: Vec<Vec<f64>>) -> Self {
+        assert!(
+            rounds.iter().all(|r| !r.is_empty()),
+            "at least one iteration"
+        );
+        let mut all: Vec<f64> = rounds.iter().flatten().copied().collect();
+        Sample {
+            median: median(&mut all),
+            iters: all.len(),
+            rounds: rounds.iter_mut().map(|r| median(r)).collect(),
+        }
     }
+}
+
+/// Lowest and highest ratio `before / after` among the rounds both designs ran.
+pub(crate) fn ratio_spread(before: &Sample, after: &Sample) -> (f64, f64) {
+    before
+        .rounds
+        .iter()
+        .zip(&after.rounds)
+        .map(|(b, a)| b / a)
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), r| {
+            (lo.min(r), hi.max(r))
+        })
 }
 
 /// Runs `one` (which returns the time of the part it measures) until the budget is spent, and
@@ -64,31 +91,44 @@ pub(crate) fn measure(budget: &Budget, mut one: impl FnMut() -> Duration) -> Vec
     times
 }
 
+/// How a measurement is split into rounds.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Rounds {
+    /// Rounds per measurement; each gets an equal share of the budget.
+    pub(crate) count: u32,
+    /// Rounds every design runs, however long its iterations; after these, a design whose
+    /// rounds together took longer than the budget's cap runs no more.
+    pub(crate) min: u32,
+}
+
 /// Measures the designs in alternating rounds, so that all see the same machine: on a shared
 /// machine, load from other work comes and goes, and a measurement taken all at once can land
-/// in a quiet or a busy spell. Each `run(i, budget)` measures design `i` for one round (an empty result: not
-/// measured). A design whose rounds have already taken longer than the cap gets no more rounds.
+/// in a quiet or a busy spell. Each `run(i, budget)` measures design `i` for one round (an empty
+/// result: not measured).
 pub(crate) fn interleaved<const N: usize>(
     budget: &Budget,
-    rounds: u32,
+    rounds: Rounds,
     mut run: impl FnMut(usize, &Budget) -> Vec<f64>,
 ) -> [Option<Sample>; N] {
     let round = Budget {
-        time: budget.time / rounds,
+        time: budget.time / rounds.count,
         cap: budget.cap,
-        min_iters: budget.min_iters.div_ceil(rounds as usize),
-        max_iters: budget.max_iters.div_ceil(rounds as usize),
+        min_iters: budget.min_iters.div_ceil(rounds.count as usize),
+        max_iters: budget.max_iters.div_ceil(rounds.count as usize),
     };
-    let mut times: [Vec<f64>; N] = std::array::from_fn(|_| Vec::new());
+    let mut times: [Vec<Vec<f64>>; N] = std::array::from_fn(|_| Vec::new());
     let mut spent = [Duration::ZERO; N];
-    for _ in 0..rounds {
+    for r in 0..rounds.count {
         for i in 0..N {
-            if spent[i] >= budget.cap {
+            if r >= rounds.min && spent[i] >= budget.cap {
                 continue;
             }
             let start = Instant::now();
-            times[i].extend(run(i, &round));
+            let got = run(i, &round);
             spent[i] += start.elapsed();
+            if !got.is_empty() {
+                times[i].push(got);
+            }
         }
     }
     times.map(|t| (!t.is_empty()).then(|| Sample::of(t)))
