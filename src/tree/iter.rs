@@ -332,20 +332,37 @@ impl<K, V, S, const B: usize> FusedIterator for Range<'_, K, V, S, B> {}
 /// Pruned in-order iterator from [`Tree::search`](super::Tree::search): yields
 /// the entries whose subtrees and entries were all `Enter`ed by the visitor.
 /// Does not allocate.
+///
+/// A leaf is visited whole when it is opened: the visitor is called on its
+/// entries in key order up to the first `Stop`, and the entries it entered are
+/// kept as a bit mask and yielded from there. The scan is then one loop with a
+/// single exit, which for a small set (one leaf) is most of the query.
 pub struct Search<'a, K, V, S, F, const B: usize> {
     stack: ArrayVec<(&'a Internal<K, V, S, B>, usize), MAX_DEPTH>,
-    leaf: Option<(&'a Leaf<K, V, B>, usize)>,
+    /// The entries of the leaf opened last.
+    keys: &'a [K],
+    vals: &'a [V],
+    /// Bit `i` set: entry `i` of `keys` / `vals` was entered and is not yet yielded.
+    hits: u64,
     visit: F,
+    /// No more nodes to open (the pending hits are still yielded).
     done: bool,
     nodes: usize,
 }
 
-impl<'a, K, V, S, F, const B: usize> Search<'a, K, V, S, F, B> {
+impl<'a, K, V, S, F, const B: usize> Search<'a, K, V, S, F, B>
+where
+    S: Summary<K, V>,
+    F: Visitor<K, S>,
+{
     #[inline]
     pub(crate) fn new(root: Option<&'a Node<K, V, S, B>>, visit: F) -> Self {
+        const { assert!(B <= 64, "a leaf's hits are kept in a u64") };
         let mut search = Search {
             stack: ArrayVec::new(),
-            leaf: None,
+            keys: &[],
+            vals: &[],
+            hits: 0,
             visit,
             done: root.is_none(),
             nodes: 0,
@@ -361,10 +378,23 @@ impl<'a, K, V, S, F, const B: usize> Search<'a, K, V, S, F, B> {
         self.nodes += 1;
         match node {
             Node::Internal(n) => self.stack.push((n, 0)),
-            Node::Leaf(l) => self.leaf = Some((l, 0)),
+            Node::Leaf(l) => {
+                let mut hits = 0u64;
+                for (i, (k, v)) in l.keys.iter().zip(&l.vals).enumerate() {
+                    let visit = self.visit.visit(k, &S::of_entry(k, v));
+                    if visit == Visit::Stop {
+                        self.done = true;
+                        break;
+                    }
+                    hits |= u64::from(visit == Visit::Enter) << i;
+                }
+                (self.keys, self.vals, self.hits) = (&l.keys, &l.vals, hits);
+            }
         }
     }
+}
 
+impl<K, V, S, F, const B: usize> Search<'_, K, V, S, F, B> {
     /// Nodes opened so far (the root, and every child the visitor entered).
     /// A measure of the work done, for tests and tuning.
     ///
@@ -383,27 +413,18 @@ where
 
     #[inline]
     fn next(&mut self) -> Option<Self::Item> {
-        while !self.done {
-            if let Some((leaf, mut i)) = self.leaf.take() {
-                // The rest of this leaf in a tight loop: most entries of a small query are
-                // skipped or end it.
-                while let (Some(k), Some(v)) = (leaf.keys.get(i), leaf.vals.get(i)) {
-                    i += 1;
-                    match self.visit.visit(k, &S::of_entry(k, v)) {
-                        Visit::Enter => {
-                            self.leaf = Some((leaf, i));
-                            return Some((k, v));
-                        }
-                        Visit::Skip => {}
-                        Visit::Stop => {
-                            self.done = true;
-                            return None;
-                        }
-                    }
-                }
+        loop {
+            if self.hits != 0 {
+                let i = self.hits.trailing_zeros() as usize;
+                self.hits &= self.hits - 1;
+                return self.keys.get(i).zip(self.vals.get(i));
+            }
+            if self.done {
+                return None;
             }
             let Some(top) = self.stack.last_mut() else {
-                break;
+                self.done = true;
+                return None;
             };
             let (n, i) = (top.0, top.1);
             if i == n.children.len() {
@@ -414,11 +435,9 @@ where
             match self.visit.visit(&n.keys[i], &n.sums[i]) {
                 Visit::Enter => self.enter(&n.children[i]),
                 Visit::Skip => {}
-                Visit::Stop => break,
+                Visit::Stop => self.done = true,
             }
         }
-        self.done = true;
-        None
     }
 }
 
