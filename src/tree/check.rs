@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use super::node::{min_len, Node};
+use super::node::{min_edge_len, min_len, Node};
 use super::{Summary, Tree, MAX_DEPTH};
 
 /// A broken invariant found by [`Tree::check_invariants`]. Depths count from
@@ -24,8 +24,9 @@ pub enum Violation {
         /// Index of the later child.
         index: usize,
     },
-    /// A non-root node holds fewer entries or children than the minimum, or the
-    /// root holds none (a leaf) or a single child (internal).
+    /// A node off the root and the right edge holds fewer entries or children
+    /// than the minimum, a node on the right edge no entry (leaf) or a single
+    /// child (internal), or the root the same.
     Underfull {
         /// Depth of the node.
         depth: usize,
@@ -138,6 +139,7 @@ impl Checker {
         &mut self,
         node: &'a Node<K, V, S, B>,
         depth: usize,
+        right_edge: bool,
     ) -> Result<Checked<'a, K, S>, Violation> {
         if depth >= MAX_DEPTH {
             return Err(Violation::TooDeep {
@@ -150,6 +152,8 @@ impl Checker {
                 Node::Leaf(_) => 1,
                 Node::Internal(_) => 2,
             }
+        } else if right_edge {
+            min_edge_len(matches!(node, Node::Leaf(_)))
         } else {
             min_len(B)
         };
@@ -197,7 +201,8 @@ impl Checker {
                 }
                 let mut acc: Option<Checked<'a, K, S>> = None;
                 for (index, child) in n.children.iter().enumerate() {
-                    let c = self.node(child, depth + 1)?;
+                    let last = index + 1 == n.children.len();
+                    let c = self.node(child, depth + 1, right_edge && last)?;
                     if *c.first != n.keys[index] {
                         return Err(Violation::StaleKey { depth, index });
                     }
@@ -236,7 +241,7 @@ impl<K: Ord + Copy, V: Clone, S: Summary<K, V>, const B: usize> Tree<K, V, S, B>
     pub fn check_invariants(&self) -> Result<(), Violation> {
         let actual = match self.root.as_deref() {
             None => 0,
-            Some(root) => Checker { leaf_depth: None }.node(root, 0)?.len,
+            Some(root) => Checker { leaf_depth: None }.node(root, 0, true)?.len,
         };
         if actual != self.len {
             return Err(Violation::WrongLen {

@@ -35,9 +35,17 @@
 //! # Node bounds
 //!
 //! A leaf holds at most `B` entries, an internal node at most `B` children.
-//! Every node but the root holds at least `B / 2`; the root holds at least one
-//! entry (leaf) or two children (internal); all leaves are at the same depth.
-//! `B` must be at least 4.
+//! Every node but the root and the last node of each level holds at least
+//! `B / 2`; the root holds at least one entry (leaf) or two children
+//! (internal), and so does the last node of each level; all leaves are at the
+//! same depth. `B` must be at least 4, and at most 64 for [`Tree::search`].
+//!
+//! The exception on the right edge is what lets ascending inserts (slots
+//! created one after another, at rising ids and addresses) fill nodes: a full
+//! leaf on the right edge that receives a key past its last splits off just
+//! that key and stays full (an internal node there keeps `B - 1`), where the usual split into halves would leave
+//! every node behind the edge half full, the tree a level deeper at 32764
+//! entries, and each update copying that extra level.
 //!
 //! # Choice of `B`
 //!
@@ -70,10 +78,11 @@ use node::{child_index, rank_le, rank_lt, Leaf, Node};
 /// Most levels (counting the leaves) a tree may have; the capacity of the
 /// iterators' path stacks.
 ///
-/// Every node but the root has at least `B / 2` entries or children, so a tree
-/// of `d` levels holds at least `2 * (B / 2)^(d - 1)` entries: more than 20
-/// levels needs over `10^12` entries at the default `B = 16` and over `10^6`
-/// even at the smallest `B = 4`. `insert` asserts it. Kept small because every
+/// Every node off the root and the right edge has at least `B / 2` entries or
+/// children, so the first child of the root of a tree of `d` levels holds at
+/// least `(B / 2)^(d - 1)` entries: more than 20 levels needs over `10^18`
+/// entries at the default `B = 16` and over `10^6` even at the smallest
+/// `B = 4`. `insert` asserts it. Kept small because every
 /// iterator carries a stack of this many frames inline, and iterators are
 /// returned and moved by value.
 pub const MAX_DEPTH: usize = 20;
@@ -419,7 +428,7 @@ impl<K: Ord + Copy, V: Clone, S: Summary<K, V>, const B: usize> Tree<K, V, S, B>
             self.len = 1;
             return None;
         };
-        let (old, split) = Arc::make_mut(root).insert(key, value);
+        let (old, split) = Arc::make_mut(root).insert(key, value, true);
         if old.is_none() {
             self.len += 1;
         }

@@ -35,13 +35,46 @@ pub(crate) enum Node<K, V, S, const B: usize> {
     Internal(Internal<K, V, S, B>),
 }
 
-/// Fewest entries (leaf) or children (internal) of a non-root node.
+/// Fewest entries (leaf) or children (internal) of a non-root node that is not
+/// the last node of its level.
 ///
 /// A full node plus one entry splits into `B / 2 + 1` and `B - B / 2`, both
 /// `>= B / 2`; two siblings are merged only when one is below the minimum and
 /// the other cannot lend, so the merge holds `2 * (B / 2) - 1 < B`.
+///
+/// The last node of each level (the tree's right edge) may hold fewer: an
+/// append there splits off just the new entry (see [`split_point`]), so that
+/// keys inserted in ascending order, as slots are created, leave the nodes
+/// behind the edge full instead of half full. Only such a split makes a node
+/// that small, and a removal below the minimum rebalances it as any other.
 pub(crate) const fn min_len(b: usize) -> usize {
     b / 2
+}
+
+/// Fewest entries (leaf) or children (internal) of a non-root node on the
+/// right edge. An internal node keeps two children, so that a child of it that
+/// falls below the minimum always has a sibling to borrow from or merge with.
+pub(crate) const fn min_edge_len(leaf: bool) -> usize {
+    if leaf {
+        1
+    } else {
+        2
+    }
+}
+
+/// How many of the `B + 1` items a full node keeps when an insert at `pos`
+/// splits it. Normally `B / 2 + 1`, so both halves hold at least `B / 2`. On
+/// the right edge of the tree, for an append past the node's last item, a leaf
+/// keeps all `B` and an internal node `B - 1`, the new node getting the rest
+/// (one entry, two children: [`min_edge_len`]), as B-tree databases split on
+/// sequential inserts.
+#[inline]
+fn split_point<const B: usize>(pos: usize, right_edge: bool, leaf: bool) -> usize {
+    if right_edge && pos == B {
+        B + 1 - min_edge_len(leaf)
+    } else {
+        B / 2 + 1
+    }
 }
 
 /// Number of keys `<= key` in a sorted slice.
@@ -68,19 +101,19 @@ pub(crate) fn child_index<K: Ord>(keys: &[K], key: &K) -> usize {
     rank_le(keys, key).saturating_sub(1)
 }
 
-/// Inserts `item` at `pos` into `arr`; if `arr` is full, splits it first and
-/// returns the upper part. For a fixed `(len, pos)` the split point is fixed,
-/// so parallel arrays split identically.
+/// Inserts `item` at `pos` into `arr`; if `arr` is full, splits it first,
+/// keeping `left` of the `B + 1` items, and returns the upper part. For a fixed
+/// `(len, pos, left)` the split is fixed, so parallel arrays split identically.
 fn insert_or_split<T, const B: usize>(
     arr: &mut ArrayVec<T, B>,
     pos: usize,
     item: T,
+    left: usize,
 ) -> Option<ArrayVec<T, B>> {
     if !arr.is_full() {
         arr.insert(pos, item);
         return None;
     }
-    let left = B / 2 + 1;
     if pos < left {
         let right = arr.drain(left - 1..).collect();
         arr.insert(pos, item);
@@ -197,8 +230,14 @@ impl<K: Ord + Copy, V: Clone, S: Summary<K, V>, const B: usize> Node<K, V, S, B>
     }
 
     /// Inserts or replaces. Returns the replaced value and, if this node split,
-    /// the new right sibling (to be linked by the caller).
-    pub(crate) fn insert(&mut self, key: K, value: V) -> (Option<V>, Option<Self>) {
+    /// the new right sibling (to be linked by the caller). `right_edge`: this
+    /// node is the last of its level.
+    pub(crate) fn insert(
+        &mut self,
+        key: K,
+        value: V,
+        right_edge: bool,
+    ) -> (Option<V>, Option<Self>) {
         match self {
             Node::Leaf(l) => {
                 let pos = rank_lt(&l.keys, &key);
@@ -206,22 +245,24 @@ impl<K: Ord + Copy, V: Clone, S: Summary<K, V>, const B: usize> Node<K, V, S, B>
                     return (Some(std::mem::replace(&mut l.vals[pos], value)), None);
                 }
                 // Same length and position, so both arrays split or neither does.
-                let keys = insert_or_split(&mut l.keys, pos, key);
-                let vals = insert_or_split(&mut l.vals, pos, value);
+                let left = split_point::<B>(pos, right_edge, true);
+                let keys = insert_or_split(&mut l.keys, pos, key, left);
+                let vals = insert_or_split(&mut l.vals, pos, value, left);
                 let right = keys.zip(vals).map(|(keys, vals)| Leaf { keys, vals });
                 (None, right.map(Node::Leaf))
             }
             Node::Internal(n) => {
                 let i = child_index(&n.keys, &key);
+                let last = i + 1 == n.children.len();
                 let child = Arc::make_mut(&mut n.children[i]);
-                let (old, split) = child.insert(key, value);
+                let (old, split) = child.insert(key, value, right_edge && last);
                 n.keys[i] = *child.first_key();
                 n.sums[i] = child.summary();
                 let Some(right) = split else {
                     return (old, None);
                 };
                 let (k, s) = (*right.first_key(), right.summary());
-                let split = n.insert_child(i + 1, k, s, Arc::new(right));
+                let split = n.insert_child(i + 1, k, s, Arc::new(right), right_edge);
                 (old, split.map(Node::Internal))
             }
         }
@@ -366,10 +407,12 @@ impl<K: Ord + Copy, V: Clone, S: Summary<K, V>, const B: usize> Internal<K, V, S
         key: K,
         sum: S,
         child: Arc<Node<K, V, S, B>>,
+        right_edge: bool,
     ) -> Option<Self> {
-        let keys = insert_or_split(&mut self.keys, pos, key);
-        let sums = insert_or_split(&mut self.sums, pos, sum);
-        let children = insert_or_split(&mut self.children, pos, child);
+        let left = split_point::<B>(pos, right_edge, false);
+        let keys = insert_or_split(&mut self.keys, pos, key, left);
+        let sums = insert_or_split(&mut self.sums, pos, sum, left);
+        let children = insert_or_split(&mut self.children, pos, child, left);
         Some(Internal {
             keys: keys?,
             sums: sums?,

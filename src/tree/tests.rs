@@ -79,6 +79,9 @@ enum Op {
     Ceil(u32),
     Range(Bound<u32>, Bound<u32>),
     Overlap(u32, u32),
+    /// Insert `gap` past the largest key: ascending inserts, which split on
+    /// the right edge.
+    Append(u32, u32),
     /// Persistence runs only: continue from the `n % versions`-th version.
     Revert(usize),
 }
@@ -95,6 +98,7 @@ fn op(max: u32) -> impl Strategy<Value = Op> {
     let max_len = (max / 16).max(4);
     prop_oneof![
         6 => (0..max, 1..max_len).prop_map(|(k, l)| Op::Insert(k, l)),
+        3 => (1..4u32, 1..max_len).prop_map(|(g, l)| Op::Append(g, l)),
         3 => (0..max).prop_map(Op::Remove),
         2 => any::<usize>().prop_map(Op::RemoveNth),
         1 => (0..max).prop_map(Op::Get),
@@ -128,6 +132,10 @@ fn mutate<const B: usize>(
     match *op {
         Op::Insert(k, v) => prop_assert_eq!(t.insert(k, v), m.insert(k, v)),
         Op::Remove(k) => prop_assert_eq!(t.remove(&k), m.remove(&k)),
+        Op::Append(gap, v) => {
+            let k = m.last_key_value().map_or(0, |(k, _)| k.saturating_add(gap));
+            prop_assert_eq!(t.insert(k, v), m.insert(k, v));
+        }
         Op::RemoveNth(n) => {
             if let Some(&k) = m.keys().nth(n % m.len().max(1)) {
                 prop_assert_eq!(t.remove(&k), m.remove(&k));
@@ -550,6 +558,87 @@ fn fill_and_drain_b5() {
 #[test]
 fn fill_and_drain_b16() {
     fill_and_drain::<16>();
+}
+
+/// Every leaf but the last holds `B` entries and every internal node off the
+/// right edge `B - 1` children: what ascending inserts leave behind.
+fn assert_edge_packed<K, V, S, const B: usize>(node: &Node<K, V, S, B>, right_edge: bool) {
+    match node {
+        Node::Leaf(l) => assert!(right_edge || l.keys.len() == B, "leaf of {}", l.keys.len()),
+        Node::Internal(n) => {
+            assert!(right_edge || n.children.len() == B - 1);
+            for (i, c) in n.children.iter().enumerate() {
+                assert_edge_packed(c, right_edge && i + 1 == n.children.len());
+            }
+        }
+    }
+}
+
+fn ascending_inserts_fill_nodes<const B: usize>(n: u32) -> Tree<u32, u32, MaxEnd, B> {
+    let mut t: Tree<u32, u32, MaxEnd, B> = Tree::new();
+    let mut kept = Vec::new();
+    for k in 0..n {
+        t.insert(k, 1);
+        if k % 97 == 0 {
+            kept.push(t.clone());
+        }
+    }
+    t.check_invariants().unwrap();
+    assert_edge_packed(t.root.as_deref().expect("not empty"), true);
+    for (i, old) in kept.iter().enumerate() {
+        old.check_invariants().unwrap();
+        assert!(old.iter().map(|(k, _)| *k).eq(0..=(i as u32 * 97)));
+    }
+    // Removals from the thin right edge rebalance it like any other node.
+    let mut drained = t.clone();
+    for k in (0..n).rev().step_by(3) {
+        assert_eq!(drained.remove(&k), Some(1));
+        drained.check_invariants().unwrap();
+    }
+    t
+}
+
+#[test]
+fn ascending_inserts_fill_nodes_b4() {
+    ascending_inserts_fill_nodes::<4>(3000);
+}
+
+#[test]
+fn ascending_inserts_fill_nodes_b5() {
+    ascending_inserts_fill_nodes::<5>(3000);
+}
+
+#[test]
+fn ascending_inserts_fill_nodes_b16() {
+    // 32764 slots created in id order: 2048 full leaves under 137 + 10 + 1 internal nodes,
+    // four levels, where halves would leave nodes of 9 and five levels.
+    let t = ascending_inserts_fill_nodes::<16>(32764);
+    assert_eq!((t.depth(), t.node_count()), (4, 2048 + 137 + 10 + 1));
+}
+
+#[test]
+fn right_edge_may_be_thin_but_not_inner_nodes() {
+    // An append to a full right-edge leaf keeps it full and starts a leaf of one.
+    let t: Tree<u32, u32, (), 4> = Tree::new().update(0, 0).update(1, 0).update(2, 0);
+    let t = t.update(3, 0).update(4, 0);
+    assert_eq!((t.depth(), t.node_count()), (2, 3));
+    t.check_invariants().unwrap();
+    // A key inside the range splits in halves, as before.
+    let u = t.update(5, 0).update(6, 0).update(7, 0).update(8, 0);
+    u.check_invariants().unwrap();
+    let v = Tree::<u32, u32, (), 4>::new()
+        .update(10, 0)
+        .update(20, 0)
+        .update(30, 0)
+        .update(40, 0)
+        .update(25, 0);
+    v.check_invariants().unwrap();
+    assert_eq!(v.node_count(), 3);
+    let leaves: Vec<usize> = match v.root.as_deref() {
+        Some(Node::Internal(n)) => n.children.iter().map(|c| c.len()).collect(),
+        _ => unreachable!("two levels"),
+    };
+    assert_eq!(leaves, [3, 2]);
 }
 
 #[test]
