@@ -58,23 +58,24 @@ impl Malloc {
         }
     }
 
-    /// One line saying how the allocator was set up for this run.
+    /// Says how the allocator was set up for this run (lines after the first indented to fit
+    /// the table's header).
     pub(crate) fn describe(self) -> String {
         let glibc = cfg!(all(target_os = "linux", target_env = "gnu"));
         match (self, self.tunables()) {
+            (Malloc::Mmap, Some(t)) if glibc && in_place(self) => format!(
+                "mmap: glibc serves blocks of 128 KiB and more from fresh mmaps, as the kernel's\n\
+                 \x20               kvzalloc falls back to vmalloc (GLIBC_TUNABLES={t})"
+            ),
             (_, Some(t)) if glibc && in_place(self) => format!(
-                "{} (GLIBC_TUNABLES={t}): {}",
-                self.name(),
-                match self {
-                    Malloc::Mmap => "blocks of 128 KiB or more come from fresh mmaps",
-                    _ => "every block comes from the heap, freed memory is kept",
-                }
+                "heap: glibc serves every block from its heap and keeps freed memory\n\
+                 \x20               (GLIBC_TUNABLES={t})"
             ),
             (_, Some(_)) => format!(
                 "{} requested but not in effect (not glibc, or re-executing failed)",
                 self.name()
             ),
-            (_, None) => "adaptive (the C library's default, which may change mode mid-run)".into(),
+            (_, None) => "adaptive: the C library's default, which may change mode mid-run".into(),
         }
     }
 }
