@@ -416,7 +416,9 @@ impl<S: Version> ReadGuard<'_, S> {
         self.gfn_to_memslot(as_id, gfn);
         let cache = &*self.cache;
         let set = cache.root.spaces.get(usize::from(as_id))?;
-        Some((set, cache.last_used.as_ref().map(Borrow::borrow)))
+        // The last-used slot may belong to another address space when `gfn` is in a hole.
+        let last = cache.last_used.as_ref().map(Borrow::borrow);
+        Some((set, last.filter(|s: &&Memslot<_>| s.as_id() == as_id)))
     }
 
     /// Marks `gfn` dirty in its slot's bitmap (KVM's `mark_page_dirty`); ignored when no slot
