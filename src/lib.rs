@@ -108,6 +108,7 @@
 //!   builds a layout from any `GuestMemoryBackend`, and `MemslotSet::guest_regions` lists a
 //!   version as vm-memory regions.
 //! - `vm-memory-mmap`: `vm-memory` with its mmap backend: `MmapRegion` is a slot [`Backing`].
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 #![doc(test(attr(deny(warnings))))]
@@ -139,6 +140,7 @@ pub use diff::{Changes, Diff};
 pub use error::{errno, Error, LimitsError, SlotField};
 pub use hooks::{ArchHooks, HookError, NoHooks};
 #[cfg(feature = "vm-memory")]
+#[cfg_attr(docsrs, doc(cfg(feature = "vm-memory")))]
 pub use interop::{FromGuestMemoryError, GuestRegions};
 pub use layout::Layout;
 pub use listener::{replay, MemoryListener};

@@ -13,10 +13,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// versions of a [`MemslotSet`](crate::MemslotSet) share slots through `Arc`, so an update copies
 /// only the slot it changes.
 ///
+/// `B` is what the slot carries: `()` for the layout alone, or its backing (see
+/// [`backing`](Self::backing), which also says exactly when a backing is dropped).
+///
 /// | operation | cost |
 /// |---|---|
 /// | accessors, [`contains`](Self::contains), translations | O(1) |
-/// | [`Clone`] | O(1) (the dirty bitmap is shared, not copied) |
+/// | [`Clone`] | O(1) (the dirty bitmap and the backing are shared, not copied) |
 ///
 /// ```
 /// use memslots::{Gfn, Hva, Limits, Memslots, MemFlags, UserspaceMemoryRegion};
