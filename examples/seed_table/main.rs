@@ -8,8 +8,8 @@
 //!     [--json FILE] [--plot FILE.svg] [--budget SECONDS] [--rounds N] [--malloc MODE] [--no-peer]
 //! ```
 //!
-//! Times are per iteration: the first quartile of every iteration of every round (see
-//! `tests::Sample` for why not the median), the designs taking
+//! Times are per iteration: the fastest iteration of every round (see `tests::Sample` for why
+//! not the median), the designs taking
 //! turns round by round. Each row also shows the lowest and highest Before/After ratio among the
 //! rounds. The allocator's mode is fixed for the whole process (see `malloc.rs`). Progress goes
 //! to stderr.
@@ -231,10 +231,10 @@ fn main() {
 
 fn progress(n: usize, test: &str, who: &str, s: &Sample) {
     eprintln!(
-        "[{n:>5} slots] {test:<13} {who:<9} {:>9}  (median {}, fastest {}, {} iterations, {} rounds)",
+        "[{n:>5} slots] {test:<13} {who:<9} {:>9}  (first quartile {}, median {}, {} iterations, {} rounds)",
         time(s.time),
+        time(s.quartile),
         time(s.median),
-        time(s.fastest),
         s.iters,
         s.rounds.len()
     );
@@ -424,7 +424,7 @@ fn print_header(o: &Options) {
          turns.\n"
     );
     let rounds = format!(
-        "per iteration, lower is better: the first quartile over {} rounds (on a shared",
+        "per iteration, lower is better: the fastest over {} rounds (on a shared machine",
         o.rounds.count
     );
     let mut lines = vec![
@@ -451,7 +451,7 @@ fn print_header(o: &Options) {
         ("Time", rounds.as_str()),
         (
             "",
-            "machine an iteration that waits for a preempted thread takes milliseconds)",
+            "noise only adds time: an iteration that waits for a preempted thread takes ms)",
         ),
         (
             "Improvement",
@@ -510,8 +510,8 @@ fn print_table(n: usize, rows: &[Row], with_peer: bool) {
 
 fn print_notes(rows: &[Row], o: &Options) {
     println!(
-        "\nTimes per iteration: the first quartile of every iteration of every round (fewest \
-         iterations in a row: {}).",
+        "\nTimes per iteration: the fastest iteration of every round (fewest iterations in a \
+         row: {}).",
         rows.iter()
             .map(|r| r.before.iters.min(r.after.iters))
             .min()
@@ -548,7 +548,7 @@ fn print_notes(rows: &[Row], o: &Options) {
     let missed: Vec<String> = rows
         .iter()
         .filter(|r| r.ratio() < r.target())
-        .map(|r| format!("{} at {} slots {}", r.test, r.slots, ratio(r.ratio())))
+        .map(|r| format!("{} at {} slots {:.3}x", r.test, r.slots, r.ratio()))
         .collect();
     let lowest = rows
         .iter()
@@ -597,6 +597,7 @@ fn json(rows: &[Row]) -> String {
             out,
             "  {{\"test\": \"{}\", \"slots\": {}, \"before_s\": {:e}, \"after_s\": {:e}, \
              \"ratio\": {:.4}, \"ratio_min\": {lo:.4}, \"ratio_max\": {hi:.4}, \
+             \"before_q1_s\": {:e}, \"after_q1_s\": {:e}, \
              \"before_median_s\": {:e}, \"after_median_s\": {:e}, \
              \"before_iters\": {}, \"after_iters\": {}",
             r.test,
@@ -604,6 +605,8 @@ fn json(rows: &[Row]) -> String {
             r.before.time,
             r.after.time,
             r.ratio(),
+            r.before.quartile,
+            r.after.quartile,
             r.before.median,
             r.after.median,
             r.before.iters,
