@@ -105,7 +105,7 @@ pub use interop::{FromGuestMemoryError, GuestRegions};
 pub use layout::Layout;
 pub use listener::{replay, MemoryListener};
 pub use publish::Transaction;
-pub use reader::{ReadGuard, Reader};
+pub use reader::{GracePeriod, ReadFlavour, ReadGuard, Reader};
 pub use set::{GfnRange, HvaRange, Iter, MemslotSet};
 pub use slot::{DirtyBitmap, HvaError, Memslot};
 pub use types::{

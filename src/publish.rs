@@ -15,7 +15,7 @@ use arrayvec::ArrayVec;
 use crate::change::{self, Origin, SlotLookup};
 use crate::error::Error;
 use crate::hooks::{ArchHooks, NoHooks};
-use crate::reader::{Published, Reader};
+use crate::reader::{GracePeriod, Published, ReadFlavour, Reader};
 use crate::slot::Memslot;
 use crate::sync::{lock, Mutex, MutexGuard};
 use crate::types::{ChangeKind, Limits, SlotId, UserspaceMemoryRegion};
@@ -65,11 +65,20 @@ pub(crate) struct Core<S> {
     published: Arc<Published<S>>,
     writer: Mutex<WriterState>,
     hooks: Box<dyn ArchHooks>,
+    /// Whether `hooks` came from the caller: a non-waiting publication still runs the `INVALID`
+    /// step and its grace period for them (`flush_shadow` needs it).
+    has_hooks: bool,
+    /// Whether a single update ([`update`](Self::update)) waits for its grace periods: the
+    /// kernel-exact form for callers that manage the memory behind slots themselves, or the
+    /// non-waiting one when slots own their memory (see `Memslots::set_user_memory_region`).
+    update_waits: bool,
 }
 
 impl<S: Version> Core<S> {
     pub(crate) fn new(limits: Limits) -> Self {
-        Self::with_hooks(limits, Box::new(NoHooks))
+        let mut core = Self::with_hooks(limits, Box::new(NoHooks));
+        core.has_hooks = false;
+        core
     }
 
     pub(crate) fn with_hooks(limits: Limits, hooks: Box<dyn ArchHooks>) -> Self {
@@ -81,6 +90,8 @@ impl<S: Version> Core<S> {
             published: Arc::new(Published::new(Root { spaces, version: 0 })),
             writer: Mutex::new(WriterState::default()),
             hooks,
+            has_hooks: true,
+            update_waits: true,
         }
     }
 
@@ -119,11 +130,41 @@ impl<S: Version> Core<S> {
     }
 
     pub(crate) fn reader(&self) -> Reader<S> {
-        Reader::new(Arc::clone(&self.published))
+        self.reader_with_flavour(self.published.default_flavour())
+    }
+
+    pub(crate) fn reader_with_flavour(&self, flavour: ReadFlavour) -> Reader<S> {
+        Reader::new(Arc::clone(&self.published), flavour)
+    }
+
+    pub(crate) fn read_flavour(&self) -> ReadFlavour {
+        self.published.default_flavour()
     }
 
     pub(crate) fn synchronize(&self) {
         self.published.synchronize();
+    }
+
+    pub(crate) fn start_grace_period(&self) -> GracePeriod {
+        self.published.start_grace_period()
+    }
+
+    /// Whether `grace` has ended; frees the replaced versions no reader holds any more.
+    pub(crate) fn poll_synchronize(&self, grace: &GracePeriod) -> bool {
+        let done = grace.is_done();
+        self.published.reclaim();
+        done
+    }
+
+    /// One request, published without waiting for readers (see [`Transaction::publish`]).
+    pub(crate) fn publish_update(
+        &self,
+        region: &UserspaceMemoryRegion,
+        origin: Origin,
+    ) -> Result<(ChangeKind, GracePeriod), Error> {
+        let mut tx = self.transaction();
+        let kind = tx.apply(region, origin)?;
+        Ok((kind, tx.publish()?))
     }
 
     /// The VM's page count over all address spaces.
@@ -157,7 +198,7 @@ impl<S: Version> Core<S> {
     ) -> Result<ChangeKind, Error> {
         let mut tx = self.transaction();
         let kind = tx.apply(region, origin)?;
-        tx.commit()?;
+        let _grace = tx.finish(self.update_waits)?;
         Ok(kind)
     }
 
@@ -315,6 +356,33 @@ impl<S: Version> Transaction<'_, S> {
     /// [`Error::Hook`] if a `prepare` hook refuses: nothing is changed (a published `INVALID` step
     /// is undone by publishing the old versions again, as the kernel does).
     pub fn commit(self) -> Result<(), Error> {
+        self.finish(true).map(drop)
+    }
+
+    /// Publishes every accepted change and returns without waiting for readers: the grace
+    /// period of the final version is returned instead, to poll or wait for later (the kernel's
+    /// `start_poll_synchronize_srcu`). Readers that began a section before may still use the old
+    /// versions; what those versions own is freed when the last of them lets go (see
+    /// [`Reader::quiesce`](crate::Reader::quiesce) for idle readers).
+    ///
+    /// Without [`ArchHooks`] there is no `INVALID` step (nothing would use its grace period), so
+    /// this is one publication; the generations step as in [`commit`](Self::commit), so both
+    /// forms give the same generations. With hooks, a Delete or Move still publishes `INVALID`,
+    /// waits for its grace period and calls `flush_shadow`, as the kernel does; `prepare` runs as
+    /// in `commit`, and `commit` runs right after the final publication, before its grace
+    /// period has ended.
+    ///
+    /// Time: O(k log n) for k changes, O(readers) for starting the grace period, plus with hooks
+    /// the `INVALID` step's grace period.
+    ///
+    /// # Errors
+    /// As [`commit`](Self::commit).
+    pub fn publish(self) -> Result<GracePeriod, Error> {
+        self.finish(false)
+    }
+
+    /// The publication steps; `waiting` chooses the kernel-exact form.
+    fn finish(self, waiting: bool) -> Result<GracePeriod, Error> {
         let Transaction {
             core,
             mut writer,
@@ -324,7 +392,7 @@ impl<S: Version> Transaction<'_, S> {
             vm_pages,
         } = self;
         if changes.is_empty() {
-            return Ok(());
+            return Ok(core.published.no_grace_period());
         }
         let step = u64::from(core.limits.address_spaces());
         let mut version = base.version;
@@ -350,7 +418,10 @@ impl<S: Version> Transaction<'_, S> {
         let invalidated: Vec<usize> = (0..invalid.len())
             .filter(|&a| invalid[a].is_some())
             .collect();
-        if !invalidated.is_empty() {
+        // The INVALID version is published only where its grace period serves: the kernel-exact
+        // form, or hooks to flush. Its generation step is counted either way.
+        let publish_invalid = !invalidated.is_empty() && (waiting || core.has_hooks);
+        if publish_invalid {
             let mut spaces = base.spaces.clone();
             for &as_id in &invalidated {
                 if let Some(mut space) = invalid[as_id].take() {
@@ -372,7 +443,7 @@ impl<S: Version> Transaction<'_, S> {
                 core.hooks
                     .prepare(change.old.as_ref(), change.new.as_ref(), change.kind)
             {
-                if !invalidated.is_empty() {
+                if publish_invalid {
                     // Put the old slots back: the published versions again, one step later.
                     let mut spaces = base.spaces.clone();
                     for &as_id in &invalidated {
@@ -400,13 +471,18 @@ impl<S: Version> Transaction<'_, S> {
         drop(base);
         version += 1;
         core.publish(spaces, version);
-        core.synchronize();
+        let grace = if waiting {
+            core.synchronize();
+            core.published.no_grace_period()
+        } else {
+            core.start_grace_period()
+        };
         writer.vm_pages = vm_pages;
         for change in &changes {
             core.hooks
                 .commit(change.old.as_ref(), change.new.as_ref(), change.kind);
         }
-        Ok(())
+        Ok(grace)
     }
 }
 

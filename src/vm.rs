@@ -8,7 +8,7 @@ use crate::change::Origin;
 use crate::error::Error;
 use crate::hooks::ArchHooks;
 use crate::publish::{Core, Transaction};
-use crate::reader::Reader;
+use crate::reader::{GracePeriod, ReadFlavour, Reader};
 use crate::set::MemslotSet;
 use crate::types::{ChangeKind, Limits, UserspaceMemoryRegion};
 use crate::view::MemslotStore;
@@ -104,6 +104,13 @@ impl Memslots {
     /// [`Transaction::commit`]). When this returns, no reader is still inside a section that saw
     /// the version from before the change.
     ///
+    /// This is the waiting form, and `Memslots` (whose slots own no memory: the host range is
+    /// the caller's mapping) always uses it, because a caller may unmap or reuse the old host
+    /// range as soon as this returns, and the hooks expect the kernel's points. To publish
+    /// without waiting for readers, use
+    /// [`publish_user_memory_region`](Self::publish_user_memory_region) and wait for its
+    /// [`GracePeriod`] only before touching what the old layout pointed to.
+    ///
     /// # Panics
     /// In debug builds, if called from inside a read-side section of this VM on the same thread
     /// (it would wait for itself forever).
@@ -131,6 +138,73 @@ impl Memslots {
         self.core.update(&region, Origin::Internal)
     }
 
+    /// As [`set_user_memory_region`](Self::set_user_memory_region), but returns as soon as the
+    /// new version is published, without waiting for readers: with vCPUs preempted inside their
+    /// sections, the waiting form waits for the scheduler to run them again (milliseconds), this
+    /// one never. The returned [`GracePeriod`] ends once every section that could still see the
+    /// old version has ended; poll it ([`poll_synchronize`](Self::poll_synchronize)) or wait for
+    /// it before unmapping or reusing what the old layout pointed to. Old versions are freed when
+    /// the last reader lets go of them. See [`Transaction::publish`] for the steps (no `INVALID`
+    /// version without hooks; generations step as in the waiting form).
+    ///
+    /// Time: O(log n) plus O(readers) to start the grace period; no wait without hooks.
+    ///
+    /// # Errors
+    /// As [`set_user_memory_region`](Self::set_user_memory_region); a refused request publishes
+    /// nothing.
+    ///
+    /// ```
+    /// use memslots::{ChangeKind, Gfn, Limits, Memslots, MemFlags, UserspaceMemoryRegion};
+    /// let vm = Memslots::new(Limits::default());
+    /// let ram = UserspaceMemoryRegion::new(0, MemFlags::empty(), 0, 1 << 20, 0x7f00_0000_0000);
+    /// vm.set_user_memory_region(ram)?;
+    /// let reader = vm.reader();
+    /// let section = reader.read(); // a vCPU inside a section, using the old layout
+    /// let (kind, grace) = vm.publish_user_memory_region(UserspaceMemoryRegion::delete(0))?;
+    /// assert_eq!(kind, ChangeKind::Delete);
+    /// assert!(section.slots(0).find(Gfn(0)).is_some()); // still sees the slot
+    /// assert!(!vm.poll_synchronize(&grace));
+    /// drop(section);
+    /// assert!(vm.poll_synchronize(&grace)); // now no reader can see the old version
+    /// assert!(reader.read().slots(0).find(Gfn(0)).is_none());
+    /// # Ok::<(), memslots::Error>(())
+    /// ```
+    pub fn publish_user_memory_region(
+        &self,
+        region: UserspaceMemoryRegion,
+    ) -> Result<(ChangeKind, GracePeriod), Error> {
+        self.core.publish_update(&region, Origin::User)
+    }
+
+    /// As [`publish_user_memory_region`](Self::publish_user_memory_region), for an internal slot
+    /// (see [`set_internal_memory_region`](Self::set_internal_memory_region)).
+    ///
+    /// # Errors
+    /// As [`set_internal_memory_region`](Self::set_internal_memory_region).
+    pub fn publish_internal_memory_region(
+        &self,
+        region: UserspaceMemoryRegion,
+    ) -> Result<(ChangeKind, GracePeriod), Error> {
+        self.core.publish_update(&region, Origin::Internal)
+    }
+
+    /// Starts a grace period without waiting for it (the kernel's
+    /// `start_poll_synchronize_srcu`): it ends once every section open now has ended.
+    ///
+    /// Time: O(readers), plus a `membarrier` call if a reader uses that flavour.
+    pub fn start_grace_period(&self) -> GracePeriod {
+        self.core.start_grace_period()
+    }
+
+    /// Whether `grace` has ended (the kernel's `poll_state_synchronize_srcu`); also frees the
+    /// replaced versions that no reader holds any more, so that what they own is released
+    /// without waiting for the next update.
+    ///
+    /// Time: O(k) for the k sections `grace` waits for, plus O(retained versions).
+    pub fn poll_synchronize(&self, grace: &GracePeriod) -> bool {
+        self.core.poll_synchronize(grace)
+    }
+
     /// Starts a transaction: several requests validated in order and published as one version
     /// per address space. It holds the writer lock until committed or dropped.
     ///
@@ -144,12 +218,31 @@ impl Memslots {
         self.core.transaction()
     }
 
-    /// A reader handle for one vCPU thread: lock-free, wait-free read-side sections.
+    /// A reader handle for one vCPU thread: lock-free, wait-free read-side sections, of the
+    /// VM's [`read_flavour`](Self::read_flavour).
     ///
     /// Time: O(readers): registering takes the registry lock once.
     #[must_use]
     pub fn reader(&self) -> Reader {
         self.core.reader()
+    }
+
+    /// A reader handle of `flavour`; [`ReadFlavour::Membarrier`] gives the fence flavour where
+    /// the kernel does not offer `membarrier` (see [`Reader::flavour`]).
+    ///
+    /// Time: O(readers).
+    #[must_use]
+    pub fn reader_with_flavour(&self, flavour: ReadFlavour) -> Reader {
+        self.core.reader_with_flavour(flavour)
+    }
+
+    /// The flavour [`reader`](Self::reader) gives: [`ReadFlavour::best`], chosen when the VM
+    /// was created.
+    ///
+    /// Time: O(1).
+    #[must_use]
+    pub fn read_flavour(&self) -> ReadFlavour {
+        self.core.read_flavour()
     }
 
     /// Waits until every read-side section that was open when it was called has ended (a grace

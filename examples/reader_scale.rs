@@ -1,0 +1,200 @@
+//! How read-side sections and grace periods scale with the number of registered readers, in both
+//! read-side flavours.
+//!
+//! For 1, 16 and 256 registered readers (all but one idle: each has run one section and keeps its
+//! cached root, as a halted vCPU does), prints the cost of one section plus a cached lookup on the
+//! one busy reader, and the cost of one grace period (`synchronize`) on the writer. Then, with
+//! every core running a reader in a loop, the section cost per reader and the grace-period cost
+//! seen by a writer that has to share the cores. Each figure is the median of several rounds; the
+//! flavours are measured alternately in the same run.
+//!
+//! `cargo run --release --example reader_scale [-- ROUNDS]` (default 5 rounds).
+
+use std::hint::black_box;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Barrier};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use memslots::{Gfn, Limits, MemFlags, Memslots, ReadFlavour, Reader, UserspaceMemoryRegion};
+
+const SECTIONS: u64 = 2_000_000;
+const GRACE_PERIODS: u32 = 2_000;
+const GFN: u64 = 0x42;
+
+fn vm() -> Arc<Memslots> {
+    let vm = Arc::new(Memslots::new(Limits::default()));
+    vm.set_user_memory_region(UserspaceMemoryRegion::new(
+        0,
+        MemFlags::empty(),
+        0,
+        1 << 20,
+        0x7f00_0000_0000,
+    ))
+    .expect("valid");
+    vm
+}
+
+/// Nanoseconds per section plus cached lookup, over `SECTIONS` sections.
+fn section_ns(reader: &Reader) -> f64 {
+    let start = Instant::now();
+    for _ in 0..SECTIONS {
+        let mut guard = reader.read();
+        black_box(
+            guard
+                .gfn_to_memslot(0, Gfn(black_box(GFN)))
+                .map(|s| s.npages()),
+        );
+    }
+    start.elapsed().as_nanos() as f64 / SECTIONS as f64
+}
+
+/// Nanoseconds per grace period: the median of `GRACE_PERIODS` timed calls.
+fn grace_ns(vm: &Memslots) -> f64 {
+    let mut times: Vec<u128> = (0..GRACE_PERIODS)
+        .map(|_| {
+            let start = Instant::now();
+            vm.synchronize();
+            start.elapsed().as_nanos()
+        })
+        .collect();
+    times.sort_unstable();
+    times[times.len() / 2] as f64
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// One busy reader and `registered - 1` idle ones, all of `flavour`.
+fn idle_readers(registered: usize, flavour: ReadFlavour) -> (f64, f64) {
+    let vm = vm();
+    let idle: Vec<Reader> = (1..registered)
+        .map(|_| vm.reader_with_flavour(flavour))
+        .collect();
+    for reader in &idle {
+        drop(reader.read());
+    }
+    let busy = vm.reader_with_flavour(flavour);
+    (section_ns(&busy), grace_ns(&vm))
+}
+
+/// A reader per core, each in a loop of sections for `duration`; the writer meanwhile times grace
+/// periods. Returns ns per section (median over the readers) and the median grace period.
+fn all_cores_busy(cores: usize, flavour: ReadFlavour, duration: Duration) -> (f64, f64) {
+    let vm = vm();
+    let stop = Arc::new(AtomicBool::new(false));
+    let start = Arc::new(Barrier::new(cores + 1));
+    let threads: Vec<_> = (0..cores)
+        .map(|_| {
+            let reader = vm.reader_with_flavour(flavour);
+            let (stop, start) = (Arc::clone(&stop), Arc::clone(&start));
+            thread::spawn(move || {
+                let count = AtomicU64::new(0);
+                start.wait();
+                let begun = Instant::now();
+                while !stop.load(Ordering::Relaxed) {
+                    for _ in 0..1024 {
+                        let mut guard = reader.read();
+                        black_box(
+                            guard
+                                .gfn_to_memslot(0, Gfn(black_box(GFN)))
+                                .map(|s| s.npages()),
+                        );
+                    }
+                    count.fetch_add(1024, Ordering::Relaxed);
+                }
+                begun.elapsed().as_nanos() as f64 / count.load(Ordering::Relaxed) as f64
+            })
+        })
+        .collect();
+    start.wait();
+    let begun = Instant::now();
+    let mut graces = Vec::new();
+    while begun.elapsed() < duration {
+        let t = Instant::now();
+        vm.synchronize();
+        graces.push(t.elapsed().as_nanos() as f64);
+        thread::sleep(Duration::from_micros(200));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let sections = threads
+        .into_iter()
+        .map(|t| t.join().expect("reader"))
+        .collect();
+    (median(sections), median(graces))
+}
+
+fn main() {
+    let rounds: usize = std::env::args()
+        .nth(1)
+        .map_or(5, |a| a.parse().expect("rounds"));
+    let cores = thread::available_parallelism().map_or(2, |n| n.get());
+    let flavours = [ReadFlavour::Fence, ReadFlavour::Membarrier];
+    println!(
+        "membarrier available: {}; {cores} cores; medians of {rounds} rounds",
+        ReadFlavour::membarrier_available()
+    );
+
+    // A fence plus a load, the reference the membarrier flavour's section is compared with.
+    let counter = AtomicU64::new(7);
+    let fence_ns = median(
+        (0..rounds)
+            .map(|_| {
+                let start = Instant::now();
+                for _ in 0..SECTIONS {
+                    std::sync::atomic::fence(Ordering::SeqCst);
+                    black_box(counter.load(Ordering::Acquire));
+                }
+                start.elapsed().as_nanos() as f64 / SECTIONS as f64
+            })
+            .collect(),
+    );
+    println!("fence(SeqCst) + load: {fence_ns:.2} ns\n");
+
+    println!(
+        "{:<12} {:>10} {:>14} {:>16}",
+        "flavour", "readers", "section (ns)", "grace period (ns)"
+    );
+    for registered in [1, 16, 256] {
+        let mut results = vec![(Vec::new(), Vec::new()); flavours.len()];
+        for _ in 0..rounds {
+            for (i, &flavour) in flavours.iter().enumerate() {
+                let (section, grace) = idle_readers(registered, flavour);
+                results[i].0.push(section);
+                results[i].1.push(grace);
+            }
+        }
+        for (flavour, (sections, graces)) in flavours.iter().zip(results) {
+            println!(
+                "{:<12} {registered:>10} {:>14.2} {:>16.0}",
+                format!("{flavour:?}"),
+                median(sections),
+                median(graces)
+            );
+        }
+    }
+
+    println!("\nall {cores} cores running readers; a writer timing grace periods meanwhile:");
+    println!(
+        "{:<12} {:>14} {:>16}",
+        "flavour", "section (ns)", "grace period (ns)"
+    );
+    let mut results = vec![(Vec::new(), Vec::new()); flavours.len()];
+    for _ in 0..rounds {
+        for (i, &flavour) in flavours.iter().enumerate() {
+            let (section, grace) = all_cores_busy(cores, flavour, Duration::from_millis(400));
+            results[i].0.push(section);
+            results[i].1.push(grace);
+        }
+    }
+    for (flavour, (sections, graces)) in flavours.iter().zip(results) {
+        println!(
+            "{:<12} {:>14.2} {:>16.0}",
+            format!("{flavour:?}"),
+            median(sections),
+            median(graces)
+        );
+    }
+}
