@@ -1,6 +1,10 @@
 //! Model checks of the publish / grace-period protocol: every interleaving (up to the preemption
 //! bound) of a writer and a reader. Run with
 //! `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=3 cargo test --release --test loom`.
+//!
+//! Loom checks the fence flavour only: it cannot model `membarrier(2)` (a barrier executed on other
+//! threads' behalf), and under `cfg(loom)` every reader is of the fence flavour. The membarrier
+//! flavour's argument, in `src/reader.rs`, reduces to this model.
 #![cfg(loom)]
 
 use loom::sync::atomic::{AtomicBool, Ordering};
@@ -73,5 +77,88 @@ fn sections_see_generations_in_order_and_the_writer_always_finishes() {
         vm.set_user_memory_region(slot(1, 8)).unwrap();
         vcpu.join().unwrap();
         assert_eq!(vm.snapshot(0).generation(), 3);
+    });
+}
+
+/// The non-waiting form: the writer publishes, gets the grace period back, and reclaims once it
+/// polls done. A reader that saw the old version must not see the reclaim while inside; it runs
+/// two sections so that the reload on leaving after a publication is covered too.
+fn reclaim_after_poll(vm: Memslots) {
+    let vm = Arc::new(vm);
+    let reclaimed = Arc::new(AtomicBool::new(false));
+    let reader = vm.reader();
+    let vcpu = {
+        let reclaimed = Arc::clone(&reclaimed);
+        thread::spawn(move || {
+            for _ in 0..2 {
+                let guard = reader.read();
+                if guard.slots(0).get(1).is_none() {
+                    assert!(
+                        !reclaimed.load(Ordering::Acquire),
+                        "the old version was reclaimed while a section still used it"
+                    );
+                }
+                drop(guard);
+            }
+        })
+    };
+    let (_, grace) = vm.publish_user_memory_region(slot(1, 0)).unwrap();
+    while !vm.poll_synchronize(&grace) {
+        thread::yield_now();
+    }
+    reclaimed.store(true, Ordering::Release);
+    vcpu.join().unwrap();
+}
+
+#[test]
+fn a_polled_grace_period_ends_only_after_the_sections_that_saw_the_old_version() {
+    loom::model(|| reclaim_after_poll(Memslots::new(limits())));
+}
+
+#[test]
+#[should_panic(expected = "reclaimed while a section still used it")]
+fn the_model_catches_polling_without_the_fences() {
+    loom::model(|| reclaim_after_poll(Memslots::weakened_for_loom(limits())));
+}
+
+/// A section that begins after the grace period started never holds it up: the writer waits for
+/// the grace period while the reader sits inside a section it entered after the publication.
+#[test]
+fn a_grace_period_does_not_wait_for_sections_that_began_after_it() {
+    loom::model(|| {
+        let vm = Arc::new(Memslots::new(limits()));
+        let reader = vm.reader();
+        let started = Arc::new(AtomicBool::new(false));
+        let inside = Arc::new(AtomicBool::new(false));
+        let release = Arc::new(AtomicBool::new(false));
+        let vcpu = {
+            let (started, inside, release) = (
+                Arc::clone(&started),
+                Arc::clone(&inside),
+                Arc::clone(&release),
+            );
+            thread::spawn(move || {
+                while !started.load(Ordering::Acquire) {
+                    thread::yield_now();
+                }
+                let guard = reader.read();
+                // Entered after the publication: it sees the new slot.
+                assert!(guard.slots(0).get(1).is_some());
+                inside.store(true, Ordering::Release);
+                while !release.load(Ordering::Acquire) {
+                    thread::yield_now();
+                }
+                drop(guard);
+            })
+        };
+        let (_, grace) = vm.publish_user_memory_region(slot(1, 0)).unwrap();
+        started.store(true, Ordering::Release);
+        while !inside.load(Ordering::Acquire) {
+            thread::yield_now();
+        }
+        grace.wait(); // would spin forever if it waited for the later section
+        assert!(grace.is_done());
+        release.store(true, Ordering::Release);
+        vcpu.join().unwrap();
     });
 }
