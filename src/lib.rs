@@ -77,6 +77,8 @@
 #![deny(missing_docs)]
 #![doc(test(attr(deny(warnings))))]
 
+mod access;
+mod backing;
 pub mod baseline;
 mod change;
 mod diff;
@@ -97,6 +99,7 @@ mod types;
 mod view;
 mod vm;
 
+pub use backing::{Backing, GuestRam};
 pub use diff::{Changes, Diff};
 pub use error::{errno, Error, LimitsError, SlotField};
 pub use hooks::{ArchHooks, HookError, NoHooks};

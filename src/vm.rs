@@ -22,7 +22,12 @@ use crate::view::MemslotStore;
 /// or move first publishes the slot marked `INVALID`, then the final version, as the kernel does, so
 /// generations step the same way.
 ///
-/// `Memslots` is `Send + Sync`: share it behind an `Arc` between the VMM thread and the vCPUs.
+/// `Memslots` is `Send + Sync`, and a handle: a clone is another handle on the same VM (an `Arc`
+/// clone, as vm-memory's `GuestMemoryAtomic`), to hand to the VMM thread, the vCPUs and devices.
+///
+/// The type parameter `B` is what each slot carries: `()` (the default) for the layout alone, or
+/// a backing (the slot's memory, see [`Backing`](crate::Backing) and [`GuestRam`](crate::GuestRam),
+/// or any per-slot data), held by the slot and released by ownership: see [`Memslot::backing`](crate::Memslot::backing).
 ///
 /// | operation | cost |
 /// |---|---|
@@ -47,24 +52,42 @@ use crate::view::MemslotStore;
 /// assert_eq!((before.generation(), vm.snapshot(0).generation()), (2, 6));
 /// # Ok::<(), memslots::Error>(())
 /// ```
-pub struct Memslots {
-    core: Core<MemslotSet>,
+pub struct Memslots<B: Send + Sync + 'static = ()> {
+    core: Arc<Core<MemslotSet<B>>>,
+}
+
+impl<B: Send + Sync + 'static> Clone for Memslots<B> {
+    /// Another handle on the same VM (an `Arc` clone): updates through either are seen by both.
+    fn clone(&self) -> Self {
+        Self {
+            core: Arc::clone(&self.core),
+        }
+    }
 }
 
 impl Memslots {
-    /// An empty VM: every address space empty, address space `i` at generation `i`, no hooks.
+    /// An empty VM whose slots carry no backing: every address space empty, address space `i` at
+    /// generation `i`, no hooks.
+    ///
+    /// Time: O(address spaces).
     #[must_use]
     pub fn new(limits: Limits) -> Self {
         Self {
-            core: Core::new(limits),
+            core: Arc::new(Core::new(limits, Some(Arc::new(())))),
         }
     }
 
     /// An empty VM whose updates call `hooks` at the kernel's `kvm_arch_*` points.
+    ///
+    /// Time: O(address spaces).
     #[must_use]
     pub fn with_hooks(limits: Limits, hooks: impl ArchHooks + 'static) -> Self {
         Self {
-            core: Core::with_hooks(limits, Box::new(hooks)),
+            core: Arc::new(Core::with_hooks(
+                limits,
+                Box::new(hooks),
+                Some(Arc::new(())),
+            )),
         }
     }
 
@@ -75,7 +98,47 @@ impl Memslots {
     #[must_use]
     pub fn weakened_for_loom(limits: Limits) -> Self {
         Self {
-            core: Core::weakened(limits),
+            core: Arc::new(Core::weakened(limits, Some(Arc::new(())))),
+        }
+    }
+}
+
+impl<B: Send + Sync + 'static> Memslots<B> {
+    /// An empty VM whose slots each carry a backing of type `B`: the memory behind the slot (a
+    /// [`GuestRam`](crate::GuestRam), an mmap), or any per-slot data the VMM keeps with it.
+    ///
+    /// Slots are created with [`create_memory_region`](Self::create_memory_region), which takes
+    /// the backing; moves, flag changes and deletes go through
+    /// [`set_user_memory_region`](Self::set_user_memory_region) as usual. A backing is dropped
+    /// once no version, snapshot or reader can reach its slot any more (see
+    /// [`Memslot::backing`](crate::Memslot::backing)).
+    ///
+    /// Time: O(address spaces).
+    ///
+    /// ```
+    /// use memslots::{Gpa, GuestRam, Limits, MemFlags, Memslots, UserspaceMemoryRegion};
+    /// let vm: Memslots<GuestRam> = Memslots::backed(Limits::default());
+    /// let ram = GuestRam::new(0x10000);
+    /// vm.create_memory_region(UserspaceMemoryRegion::new(0, MemFlags::empty(), 0x10_0000, 0x10000, 0x7000_0000), ram)?;
+    /// let slots = vm.snapshot(0);
+    /// slots.write_guest_obj(Gpa(0x10_0ff8), 0x1122_3344_5566_7788u64)?;
+    /// assert_eq!(slots.read_guest_obj::<u64>(Gpa(0x10_0ff8))?, 0x1122_3344_5566_7788);
+    /// # Ok::<(), memslots::Error>(())
+    /// ```
+    #[must_use]
+    pub fn backed(limits: Limits) -> Self {
+        Self {
+            core: Arc::new(Core::new(limits, None)),
+        }
+    }
+
+    /// As [`backed`](Self::backed), with `hooks` called at the kernel's `kvm_arch_*` points.
+    ///
+    /// Time: O(address spaces).
+    #[must_use]
+    pub fn backed_with_hooks(limits: Limits, hooks: impl ArchHooks<B> + 'static) -> Self {
+        Self {
+            core: Arc::new(Core::with_hooks(limits, Box::new(hooks), None)),
         }
     }
 
@@ -101,24 +164,62 @@ impl Memslots {
     /// The update follows the kernel's protocol: a Delete or Move first publishes the slot marked
     /// `INVALID` and waits a grace period; every publication is followed by a grace period; the
     /// [`ArchHooks`] run where the kernel calls its architecture code (see
-    /// [`Transaction::commit`]). When this returns, no reader is still inside a section that saw
-    /// the version from before the change.
+    /// [`Transaction::commit`]). In that form, when this returns, no reader is still inside a
+    /// section that saw the version from before the change.
     ///
-    /// This is the waiting form, and `Memslots` (whose slots own no memory: the host range is
-    /// the caller's mapping) always uses it, because a caller may unmap or reuse the old host
-    /// range as soon as this returns, and the hooks expect the kernel's points. To publish
-    /// without waiting for readers, use
-    /// [`publish_user_memory_region`](Self::publish_user_memory_region) and wait for its
-    /// [`GracePeriod`] only before touching what the old layout pointed to.
+    /// **Which form.** On a VM whose slots own no memory ([`new`](Self::new): the host range is
+    /// the caller's own mapping) and on every VM with hooks, this is the kernel-exact waiting form
+    /// described above: a caller may unmap or reuse the old host range as soon as this returns,
+    /// and hooks expect the kernel's points. On a [`backed`](Self::backed) VM without hooks it
+    /// publishes without waiting (as
+    /// [`publish_user_memory_region`](Self::publish_user_memory_region), dropping the grace
+    /// period), because waiting would protect nothing there: a backing lives as long as any
+    /// version, snapshot or reader can reach its slot, so no memory can go away under a vCPU, and
+    /// a vCPU preempted inside a section would otherwise stall the update for a scheduler time
+    /// slice. Such a VM that needs "no vCPU still sees the old layout" (before telling the guest
+    /// an unplug is done, say) calls [`synchronize`](Self::synchronize) after, or commits a
+    /// [`transaction`](Self::transaction), which always waits. Generations step the same in both
+    /// forms.
     ///
     /// # Panics
     /// In debug builds, if called from inside a read-side section of this VM on the same thread
     /// (it would wait for itself forever).
+    ///
+    /// On a VM made by [`backed`](Self::backed), a request that would create a slot is refused
+    /// with [`Error::BackingRequired`] (EINVAL) once every kernel check has passed: create it with
+    /// [`create_memory_region`](Self::create_memory_region).
     pub fn set_user_memory_region(
         &self,
         region: UserspaceMemoryRegion,
     ) -> Result<ChangeKind, Error> {
         self.core.update(&region, Origin::User)
+    }
+
+    /// Creates user slot `region.slot` carrying `backing`: `KVM_SET_USER_MEMORY_REGION` for a
+    /// new slot, with the same checks, errors and publication as
+    /// [`set_user_memory_region`](Self::set_user_memory_region).
+    ///
+    /// The backing should cover the slot's `memory_size` bytes: byte access past the backing's
+    /// end fails with [`Error::BackingTooShort`]. Nothing here checks `userspace_addr` against the
+    /// backing: it is the address the slot reports (for hva queries and for KVM), which for memory
+    /// the VMM mapped is where the backing is mapped.
+    ///
+    /// Time: O(log n).
+    ///
+    /// # Errors
+    /// [`Error::SlotExists`] (EEXIST) if the slot already exists (move, re-flag or delete it with
+    /// `set_user_memory_region`), otherwise the kernel's failure for the request as
+    /// [`set_user_memory_region`](Self::set_user_memory_region) gives it. On an error the VM is
+    /// unchanged and `backing` is dropped.
+    ///
+    /// # Panics
+    /// In debug builds, if called from inside a read-side section of this VM on the same thread.
+    pub fn create_memory_region(
+        &self,
+        region: UserspaceMemoryRegion,
+        backing: B,
+    ) -> Result<(), Error> {
+        self.core.create(&region, backing)
     }
 
     /// Creates, deletes, moves or re-flags an internal slot, as the kernel's
@@ -214,7 +315,7 @@ impl Memslots {
     /// In debug builds, committing it from inside a read-side section of this VM on the same
     /// thread panics (it would wait for itself forever).
     #[must_use]
-    pub fn transaction(&self) -> Transaction<'_> {
+    pub fn transaction(&self) -> Transaction<'_, MemslotSet<B>> {
         self.core.transaction()
     }
 
@@ -223,7 +324,7 @@ impl Memslots {
     ///
     /// Time: O(readers): registering takes the registry lock once.
     #[must_use]
-    pub fn reader(&self) -> Reader {
+    pub fn reader(&self) -> Reader<MemslotSet<B>> {
         self.core.reader()
     }
 
@@ -232,7 +333,7 @@ impl Memslots {
     ///
     /// Time: O(readers).
     #[must_use]
-    pub fn reader_with_flavour(&self, flavour: ReadFlavour) -> Reader {
+    pub fn reader_with_flavour(&self, flavour: ReadFlavour) -> Reader<MemslotSet<B>> {
         self.core.reader_with_flavour(flavour)
     }
 
@@ -299,12 +400,12 @@ impl Memslots {
     /// # Panics
     /// If `as_id` is not below [`Limits::address_spaces`].
     #[must_use]
-    pub fn snapshot(&self, as_id: u16) -> Snapshot {
+    pub fn snapshot(&self, as_id: u16) -> Snapshot<MemslotSet<B>> {
         Snapshot(self.core.snapshot(as_id))
     }
 
     /// Every address space's current version, read from one published root.
-    pub(crate) fn versions(&self) -> crate::publish::Spaces<Arc<MemslotSet>> {
+    pub(crate) fn versions(&self) -> crate::publish::Spaces<Arc<MemslotSet<B>>> {
         self.core.versions()
     }
 
@@ -317,7 +418,7 @@ impl Memslots {
     }
 }
 
-impl fmt::Debug for Memslots {
+impl<B: Send + Sync + 'static> fmt::Debug for Memslots<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let spaces: Vec<_> = (0..self.limits().address_spaces())
             .map(|as_id| self.snapshot(as_id))
@@ -329,9 +430,9 @@ impl fmt::Debug for Memslots {
     }
 }
 
-impl MemslotStore for Memslots {
-    type Version = MemslotSet;
-    type Snapshot = Snapshot;
+impl<B: Send + Sync + 'static> MemslotStore for Memslots<B> {
+    type Version = MemslotSet<B>;
+    type Snapshot = Snapshot<MemslotSet<B>>;
 
     fn limits(&self) -> &Limits {
         self.limits()
@@ -339,7 +440,7 @@ impl MemslotStore for Memslots {
     fn set_user_memory_region(&self, region: UserspaceMemoryRegion) -> Result<ChangeKind, Error> {
         self.set_user_memory_region(region)
     }
-    fn snapshot(&self, as_id: u16) -> Snapshot {
+    fn snapshot(&self, as_id: u16) -> Snapshot<MemslotSet<B>> {
         self.snapshot(as_id)
     }
 }
