@@ -725,6 +725,17 @@ impl<S: Version> ReadGuard<'_, S> {
     }
 }
 
+impl<S: Version> ReadGuard<'_, S> {
+    /// The reload on leaving, out of line so that leaving stays one store, one load and a
+    /// compare that the caller's loop can inline.
+    #[cold]
+    #[inline(never)]
+    fn reload(published: &Published<S>, cache: &mut ReaderCache<S>) {
+        cache.root = published.root();
+        cache.last_used = None;
+    }
+}
+
 impl<S: Version> Drop for ReadGuard<'_, S> {
     #[inline]
     fn drop(&mut self) {
@@ -736,8 +747,7 @@ impl<S: Version> Drop for ReadGuard<'_, S> {
         // the next entry, so that a reader going idle does not keep the old version alive. This
         // is outside the section; the next entry checks the version as always.
         if published.version.load(Ordering::Relaxed) != self.cache.root.version {
-            self.cache.root = published.root();
-            self.cache.last_used = None;
+            Self::reload(published, &mut self.cache);
         }
     }
 }
