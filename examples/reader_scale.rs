@@ -149,6 +149,27 @@ fn busy_readers(busy: usize, flavour: ReadFlavour, duration: Duration) -> (f64, 
     (median(sections), median(graces))
 }
 
+/// Runs `measure` for each flavour in turn, `rounds` times; the median of each of its two figures
+/// per flavour.
+fn per_flavour(
+    rounds: usize,
+    flavours: &[ReadFlavour],
+    mut measure: impl FnMut(ReadFlavour) -> (f64, f64),
+) -> Vec<(f64, f64)> {
+    let mut results = vec![(Vec::new(), Vec::new()); flavours.len()];
+    for _ in 0..rounds {
+        for (i, &flavour) in flavours.iter().enumerate() {
+            let (a, b) = measure(flavour);
+            results[i].0.push(a);
+            results[i].1.push(b);
+        }
+    }
+    results
+        .into_iter()
+        .map(|(a, b)| (median(a), median(b)))
+        .collect()
+}
+
 fn main() {
     let rounds: usize = std::env::args()
         .nth(1)
@@ -173,20 +194,11 @@ fn main() {
         "flavour", "readers", "section (ns)", "grace period (ns)"
     );
     for registered in [1, 16, 256] {
-        let mut results = vec![(Vec::new(), Vec::new()); flavours.len()];
-        for _ in 0..rounds {
-            for (i, &flavour) in flavours.iter().enumerate() {
-                let (section, grace) = idle_readers(registered, flavour);
-                results[i].0.push(section);
-                results[i].1.push(grace);
-            }
-        }
-        for (flavour, (sections, graces)) in flavours.iter().zip(results) {
+        let results = per_flavour(rounds, &flavours, |f| idle_readers(registered, f));
+        for (flavour, (section, grace)) in flavours.iter().zip(results) {
             println!(
-                "{:<12} {registered:>10} {:>14.2} {:>16.0}",
-                format!("{flavour:?}"),
-                median(sections),
-                median(graces)
+                "{:<12} {registered:>10} {section:>14.2} {grace:>16.0}",
+                format!("{flavour:?}")
             );
         }
     }
@@ -197,20 +209,13 @@ fn main() {
             "{:<12} {:>18} {:>16}",
             "flavour", "section (CPU ns)", "grace period (ns)"
         );
-        let mut results = vec![(Vec::new(), Vec::new()); flavours.len()];
-        for _ in 0..rounds {
-            for (i, &flavour) in flavours.iter().enumerate() {
-                let (section, grace) = busy_readers(busy, flavour, Duration::from_millis(400));
-                results[i].0.push(section);
-                results[i].1.push(grace);
-            }
-        }
-        for (flavour, (sections, graces)) in flavours.iter().zip(results) {
+        let results = per_flavour(rounds, &flavours, |f| {
+            busy_readers(busy, f, Duration::from_millis(400))
+        });
+        for (flavour, (section, grace)) in flavours.iter().zip(results) {
             println!(
-                "{:<12} {:>18.2} {:>16.0}",
-                format!("{flavour:?}"),
-                median(sections),
-                median(graces)
+                "{:<12} {section:>18.2} {grace:>16.0}",
+                format!("{flavour:?}")
             );
         }
     }

@@ -21,40 +21,51 @@ fn slot(id: u32, gfn: u64) -> UserspaceMemoryRegion {
 }
 
 /// A reader that may have seen the version before a publish; the writer "reclaims" that version
-/// right after the update returns (a VMM would unmap memory there). The reader must never see
-/// the reclaim while still inside a section that uses the old version.
-fn reclaim_after_update(vm: Memslots) {
+/// once the grace period has ended (a VMM would unmap memory there): right after the waiting
+/// update returns, or once the non-waiting one's grace period polls done. The reader must never
+/// see the reclaim while still inside a section that uses the old version. It runs two sections,
+/// so that the reload on leaving after a publication is covered too.
+fn reclaim_after_grace_period(vm: Memslots, waiting: bool) {
     let vm = Arc::new(vm);
     let reclaimed = Arc::new(AtomicBool::new(false));
     let reader = vm.reader();
     let vcpu = {
         let reclaimed = Arc::clone(&reclaimed);
         thread::spawn(move || {
-            let guard = reader.read();
-            if guard.slots(0).get(1).is_none() {
-                // The old version: it must still be alive.
-                assert!(
-                    !reclaimed.load(Ordering::Acquire),
-                    "the old version was reclaimed while a section still used it"
-                );
+            for _ in 0..2 {
+                let guard = reader.read();
+                if guard.slots(0).get(1).is_none() {
+                    // The old version: it must still be alive.
+                    assert!(
+                        !reclaimed.load(Ordering::Acquire),
+                        "the old version was reclaimed while a section still used it"
+                    );
+                }
+                drop(guard);
             }
-            drop(guard);
         })
     };
-    vm.set_user_memory_region(slot(1, 0)).unwrap();
+    if waiting {
+        vm.set_user_memory_region(slot(1, 0)).unwrap();
+    } else {
+        let (_, grace) = vm.publish_user_memory_region(slot(1, 0)).unwrap();
+        while !vm.poll_synchronize(&grace) {
+            thread::yield_now();
+        }
+    }
     reclaimed.store(true, Ordering::Release);
     vcpu.join().unwrap();
 }
 
 #[test]
 fn a_section_that_saw_the_old_version_holds_up_the_writer() {
-    loom::model(|| reclaim_after_update(Memslots::new(limits())));
+    loom::model(|| reclaim_after_grace_period(Memslots::new(limits()), true));
 }
 
 #[test]
 #[should_panic(expected = "reclaimed while a section still used it")]
 fn the_model_catches_the_protocol_without_its_fences() {
-    loom::model(|| reclaim_after_update(Memslots::weakened_for_loom(limits())));
+    loom::model(|| reclaim_after_grace_period(Memslots::weakened_for_loom(limits()), true));
 }
 
 #[test]
@@ -80,45 +91,15 @@ fn sections_see_generations_in_order_and_the_writer_always_finishes() {
     });
 }
 
-/// The non-waiting form: the writer publishes, gets the grace period back, and reclaims once it
-/// polls done. A reader that saw the old version must not see the reclaim while inside; it runs
-/// two sections so that the reload on leaving after a publication is covered too.
-fn reclaim_after_poll(vm: Memslots) {
-    let vm = Arc::new(vm);
-    let reclaimed = Arc::new(AtomicBool::new(false));
-    let reader = vm.reader();
-    let vcpu = {
-        let reclaimed = Arc::clone(&reclaimed);
-        thread::spawn(move || {
-            for _ in 0..2 {
-                let guard = reader.read();
-                if guard.slots(0).get(1).is_none() {
-                    assert!(
-                        !reclaimed.load(Ordering::Acquire),
-                        "the old version was reclaimed while a section still used it"
-                    );
-                }
-                drop(guard);
-            }
-        })
-    };
-    let (_, grace) = vm.publish_user_memory_region(slot(1, 0)).unwrap();
-    while !vm.poll_synchronize(&grace) {
-        thread::yield_now();
-    }
-    reclaimed.store(true, Ordering::Release);
-    vcpu.join().unwrap();
-}
-
 #[test]
 fn a_polled_grace_period_ends_only_after_the_sections_that_saw_the_old_version() {
-    loom::model(|| reclaim_after_poll(Memslots::new(limits())));
+    loom::model(|| reclaim_after_grace_period(Memslots::new(limits()), false));
 }
 
 #[test]
 #[should_panic(expected = "reclaimed while a section still used it")]
 fn the_model_catches_polling_without_the_fences() {
-    loom::model(|| reclaim_after_poll(Memslots::weakened_for_loom(limits())));
+    loom::model(|| reclaim_after_grace_period(Memslots::weakened_for_loom(limits()), false));
 }
 
 /// A section that begins after the grace period started never holds it up: the writer waits for
