@@ -144,16 +144,26 @@ fn main() {
                 .push(t.elapsed());
             debug_assert_ne!(kind, ChangeKind::Unchanged);
         }
+        let t = Instant::now();
+        let mut ended = Vec::new();
         pending.retain(|(published, grace)| {
             let done = vm.poll_synchronize(grace);
             if done {
-                latencies
-                    .entry("(non-waiting grace period ended)".to_owned())
-                    .or_default()
-                    .push(published.elapsed());
+                ended.push(published.elapsed());
             }
             !done
         });
+        if !waiting {
+            // Polling is where the versions readers let go of, and their DIMMs, are freed.
+            latencies
+                .entry("poll_synchronize, all pending".to_owned())
+                .or_default()
+                .push(t.elapsed());
+        }
+        latencies
+            .entry("(non-waiting grace period ended)".to_owned())
+            .or_default()
+            .extend(ended);
         // Harvest the dirty log as a migration thread would.
         let t = Instant::now();
         let dirty: u32 = vm

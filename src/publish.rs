@@ -240,8 +240,10 @@ impl<S: Version> Core<S> {
         tx.finish(self.update_waits).map(drop)
     }
 
-    fn publish(&self, spaces: Spaces<Arc<S>>, version: u64) {
-        self.published.publish(Root { spaces, version });
+    /// Publishes a root; `reclaim_now` as in `Published::publish`.
+    fn publish(&self, spaces: Spaces<Arc<S>>, version: u64, reclaim_now: bool) {
+        self.published
+            .publish(Root { spaces, version }, reclaim_now);
     }
 }
 
@@ -438,7 +440,9 @@ impl<S: Version> Transaction<'_, S> {
     /// Publishes every accepted change and returns without waiting for readers: the grace
     /// period of the final version is returned instead, to poll or wait for later (the kernel's
     /// `start_poll_synchronize_srcu`). Readers that began a section before may still use the old
-    /// versions; what those versions own is freed when the last of them lets go (see
+    /// versions; what those versions own is freed by the next
+    /// [`poll_synchronize`](crate::Memslots::poll_synchronize) (or grace period, or waiting
+    /// publication) after the last of them lets go (see
     /// [`Reader::quiesce`](crate::Reader::quiesce) for idle readers).
     ///
     /// Without [`ArchHooks`] there is no `INVALID` step (nothing would use its grace period), so
@@ -506,7 +510,7 @@ impl<S: Version> Transaction<'_, S> {
                 }
             }
             version += 1;
-            core.publish(spaces, version);
+            core.publish(spaces, version, true);
             core.synchronize();
             for old in &flushed {
                 core.hooks.flush_shadow(old);
@@ -528,7 +532,7 @@ impl<S: Version> Transaction<'_, S> {
                         spaces[as_id] = Arc::new(space);
                     }
                     version += 1;
-                    core.publish(spaces, version);
+                    core.publish(spaces, version, true);
                     core.synchronize();
                 }
                 return Err(Error::Hook(refusal));
@@ -546,7 +550,7 @@ impl<S: Version> Transaction<'_, S> {
         // the INVALID one) at once when no reader holds them.
         drop(base);
         version += 1;
-        core.publish(spaces, version);
+        core.publish(spaces, version, waiting);
         let grace = if waiting {
             core.synchronize();
             core.published.no_grace_period()

@@ -87,9 +87,11 @@
 //! Versions are reference-counted, and the writer keeps every root it replaced until it holds the
 //! last reference. So a reader letting go of an old root (when it reloads) only decrements a
 //! count: freeing a version's nodes, which can take microseconds and the allocator's locks, is
-//! always the writer's work, as in RCU. The writer looks for roots to free at every publication,
-//! every [`synchronize`](crate::Memslots::synchronize) and every
-//! [`poll_synchronize`](crate::Memslots::poll_synchronize).
+//! always the writer's work, as in RCU. The writer looks for roots to free at every waiting
+//! publication, every [`synchronize`](crate::Memslots::synchronize) and every
+//! [`poll_synchronize`](crate::Memslots::poll_synchronize); a non-waiting publication leaves that
+//! to them (so that an update never pays for unmapping a deleted slot's memory), unless 32
+//! replaced roots are already waiting.
 //!
 //! How long a replaced version (and whatever its slots own) can outlive its replacement: until
 //! every reader that holds it lets go, and the writer next looks. A reader holds the version of
@@ -131,6 +133,10 @@ pub(crate) struct Published<S> {
     #[cfg(loom)]
     pub(crate) weak_ordering: bool,
 }
+
+/// How many replaced roots a run of non-waiting publications may leave unexamined before one of
+/// them frees the unheld ones itself (see [`Published::publish`]).
+const DEFERRED_ROOTS: usize = 32;
 
 /// The registered readers, and how many of them need the writer's `membarrier`.
 #[derive(Default)]
@@ -327,11 +333,17 @@ impl<S> Published<S> {
 
     /// Publishes `root`; readers entering from now on see it (or a later one). Its `version`
     /// must be greater than the current one. Only the writer calls this.
-    pub(crate) fn publish(&self, root: Root<S>) {
+    ///
+    /// With `reclaim_now`, the roots no reader holds any more are freed here; without it (the
+    /// non-waiting publications) that is left to the next [`reclaim`](Self::reclaim) (a poll, a
+    /// grace period, a waiting publication), unless more than [`DEFERRED_ROOTS`] roots are
+    /// waiting, so that freeing a deleted slot's backing (an `munmap`, milliseconds for a large
+    /// one) happens when the caller polls, not inside the update.
+    pub(crate) fn publish(&self, root: Root<S>, reclaim_now: bool) {
         let version = root.version;
         let old = self.root.swap(Arc::new(root));
         self.version.store(version, Ordering::Release);
-        self.retire(old);
+        self.retire(old, reclaim_now);
     }
 
     /// Keeps a replaced root until no reader holds it, so that freeing a version's memory is
@@ -339,9 +351,14 @@ impl<S> Published<S> {
     /// A root is handed out only while current, so once retired its count can only fall; when
     /// the list's reference is the last one, nobody else can reach it and dropping it here frees
     /// it. The list holds at most one root per reader plus the ones freed at the next publish.
-    fn retire(&self, old: Arc<Root<S>>) {
-        lock(&self.retired).push(old);
-        self.reclaim();
+    fn retire(&self, old: Arc<Root<S>>, reclaim_now: bool) {
+        let mut retired = lock(&self.retired);
+        retired.push(old);
+        let waiting = retired.len();
+        drop(retired);
+        if reclaim_now || waiting > DEFERRED_ROOTS {
+            self.reclaim();
+        }
     }
 
     /// Frees the retired roots no reader holds any more (and with them every slot, and so every

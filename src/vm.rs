@@ -179,7 +179,10 @@ impl<B: Send + Sync + 'static> Memslots<B> {
     /// slice. Such a VM that needs "no vCPU still sees the old layout" (before telling the guest
     /// an unplug is done, say) calls [`synchronize`](Self::synchronize) after, or commits a
     /// [`transaction`](Self::transaction), which always waits. Generations step the same in both
-    /// forms.
+    /// forms. In the non-waiting form the versions an update replaced, and a deleted slot's
+    /// backing, are freed at the writer's next [`poll_synchronize`](Self::poll_synchronize),
+    /// [`synchronize`](Self::synchronize) or waiting update once no reader holds them, not
+    /// inside the update.
     ///
     /// # Panics
     /// In debug builds, if called from inside a read-side section of this VM on the same thread
@@ -244,8 +247,10 @@ impl<B: Send + Sync + 'static> Memslots<B> {
     /// sections, the waiting form waits for the scheduler to run them again (milliseconds), this
     /// one never. The returned [`GracePeriod`] ends once every section that could still see the
     /// old version has ended; poll it ([`poll_synchronize`](Self::poll_synchronize)) or wait for
-    /// it before unmapping or reusing what the old layout pointed to. Old versions are freed when
-    /// the last reader lets go of them. See [`Transaction::publish`] for the steps (no `INVALID`
+    /// it before unmapping or reusing what the old layout pointed to. Old versions (and backings
+    /// only they reach) are freed by the next [`poll_synchronize`](Self::poll_synchronize),
+    /// [`synchronize`](Self::synchronize) or waiting update once the last reader has let go of
+    /// them, so that the update itself never pays for unmapping memory. See [`Transaction::publish`] for the steps (no `INVALID`
     /// version without hooks; generations step as in the waiting form).
     ///
     /// Time: O(log n) plus O(readers) to start the grace period; no wait without hooks.
