@@ -160,10 +160,12 @@ fn main() {
                 .or_default()
                 .push(t.elapsed());
         }
-        latencies
-            .entry("(non-waiting grace period ended)".to_owned())
-            .or_default()
-            .extend(ended);
+        if !ended.is_empty() {
+            latencies
+                .entry("(non-waiting grace period ended)".to_owned())
+                .or_default()
+                .extend(ended);
+        }
         // Harvest the dirty log as a migration thread would.
         let t = Instant::now();
         let dirty: u32 = vm
