@@ -388,6 +388,32 @@ fn sections_access_through_their_last_used_slot() {
     assert_eq!(e.errno(), errno::EINVAL);
 }
 
+#[test]
+fn a_section_never_reads_another_address_spaces_slot() {
+    let vm = backed();
+    // Address space 1 has a slot where address space 0 has a hole.
+    let smm = UserspaceMemoryRegion {
+        slot: 1 << 16,
+        ..region(0, 0x8000, PAGE, MemFlags::empty())
+    };
+    vm.create_memory_region(smm, GuestRam::new(4096)).unwrap();
+    vm.create_memory_region(region(1, 0, PAGE, MemFlags::empty()), GuestRam::new(4096))
+        .unwrap();
+    let reader = vm.reader();
+    let mut section = reader.read();
+    section.write_guest_obj(1, Gpa(0x8000), 1u32).unwrap();
+    // The reader's last-used slot is now address space 1's; address space 0 has nothing there.
+    assert!(matches!(
+        section.read_guest_obj::<u32>(0, Gpa(0x8000)),
+        Err(Error::Unmapped { gpa: 0x8000 })
+    ));
+    assert!(matches!(
+        section.write_guest_obj(0, Gpa(0x8000), 2u32),
+        Err(Error::Unmapped { gpa: 0x8000 })
+    ));
+    assert_eq!(section.read_guest_obj::<u32>(1, Gpa(0x8000)).unwrap(), 1);
+}
+
 /// Tries an access of the slot being deleted or moved from `flush_shadow`, when its `INVALID`
 /// copy is published.
 #[derive(Default)]
