@@ -274,11 +274,13 @@ impl<S: Version> Transaction<'_, S> {
         let checked = change::check(&limits, region, origin)?;
         let as_id = usize::from(checked.slot.as_id);
         let base = &self.base.spaces[as_id];
-        let space = self.spaces[as_id].get_or_insert_with(|| S::clone(base));
-        let plan = change::classify(&limits, checked, &*space, self.vm_pages)?;
+        let current = self.spaces[as_id].as_ref().unwrap_or(base);
+        let plan = change::classify(&limits, checked, current, self.vm_pages)?;
         if plan.kind == ChangeKind::Unchanged {
             return Ok(ChangeKind::Unchanged);
         }
+        // Copied only now: an address space with no accepted change is not published again.
+        let space = self.spaces[as_id].get_or_insert_with(|| S::clone(base));
         let id = plan.slot.id;
         let old = space.get(id).cloned();
         space.replace(id, plan.new.clone());
