@@ -1,9 +1,8 @@
 //! `replay` and `MemoryListener`: removals before additions, so that a consumer that cannot hold
 //! two overlapping regions never has to.
 
-#[path = "support/requests.rs"]
-#[allow(dead_code)]
-mod requests;
+#[path = "support/mirror.rs"]
+mod mirror;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
@@ -11,7 +10,7 @@ use memslots::{
     replay, Diff, Limits, MemFlags, MemoryListener, Memslot, MemslotSet, Memslots,
     UserspaceMemoryRegion,
 };
-use requests::Mirror;
+use mirror::Mirror;
 
 const PAGE: u64 = 4096;
 
