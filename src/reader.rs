@@ -221,6 +221,17 @@ impl<S> fmt::Debug for Published<S> {
 /// assert_eq!(vm.get_dirty_log(0)?[1], 1 << 2); // page 0x42 = word 1, bit 2
 /// # Ok::<(), memslots::Error>(())
 /// ```
+///
+/// Sharing one `Reader` between threads does not compile (`Reader` is not `Sync`):
+///
+/// ```compile_fail,E0277
+/// use memslots::{Limits, Memslots};
+/// let vm = Memslots::new(Limits::default());
+/// let reader = vm.reader();
+/// std::thread::scope(|s| {
+///     s.spawn(|| drop(reader.read()));
+/// });
+/// ```
 pub struct Reader<S: 'static = crate::MemslotSet> {
     published: Arc<Published<S>>,
     entry: Arc<ReaderEntry>,
@@ -319,6 +330,19 @@ impl<S> fmt::Debug for Reader<S> {
 /// | [`gfn_to_memslot`](Self::gfn_to_memslot) | O(1) on a cache hit, O(log n) otherwise |
 /// | [`mark_page_dirty`](Self::mark_page_dirty) | as `gfn_to_memslot`, plus one atomic OR |
 /// | dropping it | O(1): one store |
+///
+/// A section ends on the thread that began it: sending a guard to another thread does not
+/// compile (`ReadGuard` is not `Send`):
+///
+/// ```compile_fail,E0277
+/// use memslots::{Limits, Memslots};
+/// let vm = Memslots::new(Limits::default());
+/// let reader = vm.reader();
+/// let guard = reader.read();
+/// std::thread::scope(|s| {
+///     s.spawn(move || drop(guard));
+/// });
+/// ```
 pub struct ReadGuard<'r, S: 'static = crate::MemslotSet> {
     cache: RefMut<'r, ReaderCache<S>>,
     reader: &'r Reader<S>,
