@@ -13,6 +13,8 @@ use memslots::{MemFlags, MemoryListener, Memslot, MemslotSet, SlotId};
 #[derive(Clone, Debug, Default)]
 pub struct Mirror {
     held: BTreeMap<SlotId, Memslot>,
+    /// The held slots by address space and base gfn, for an O(log n) overlap check.
+    by_start: BTreeMap<(u16, u64), SlotId>,
     in_replay: bool,
     added: bool,
     /// Callbacks received other than `begin` and `commit`.
@@ -24,6 +26,7 @@ impl Mirror {
     pub fn of(set: &MemslotSet) -> Self {
         Mirror {
             held: set.iter().map(|s| (s.slot_id(), s.clone())).collect(),
+            by_start: set.iter().map(|s| (start(s), s.slot_id())).collect(),
             ..Mirror::default()
         }
     }
@@ -75,21 +78,25 @@ impl MemoryListener for Mirror {
         assert!(!self.added, "a removal after an addition: {slot:?}");
         let held = self.held.remove(&slot.slot_id());
         assert_eq!(held.as_ref(), Some(slot), "removed a slot it does not hold");
+        self.by_start.remove(&start(slot));
     }
 
     fn region_add(&mut self, slot: &Memslot) {
         self.event();
         self.added = true;
-        for other in self.held.values() {
+        // The held slots never overlap, so only the last one starting below the new slot's end
+        // can reach into it.
+        let below_end = (slot.as_id(), slot.end_gfn().0);
+        if let Some((_, id)) = self.by_start.range(..below_end).next_back() {
+            let other = &self.held[id];
             assert!(
-                other.as_id() != slot.as_id()
-                    || other.end_gfn() <= slot.base_gfn()
-                    || slot.end_gfn() <= other.base_gfn(),
+                other.as_id() != slot.as_id() || other.end_gfn() <= slot.base_gfn(),
                 "would hold {other:?} and {slot:?} at once, and they overlap"
             );
         }
         let before = self.held.insert(slot.slot_id(), slot.clone());
         assert!(before.is_none(), "added a slot it already holds: {slot:?}");
+        self.by_start.insert(start(slot), slot.slot_id());
     }
 
     fn log_start(&mut self, old: &Memslot, new: &Memslot) {
@@ -104,4 +111,9 @@ impl MemoryListener for Mirror {
         assert!(self.in_replay, "commit without begin");
         self.in_replay = false;
     }
+}
+
+/// Where a slot starts: its address space and base gfn.
+fn start(slot: &Memslot) -> (u16, u64) {
+    (slot.as_id(), slot.base_gfn().0)
 }
