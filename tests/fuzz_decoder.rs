@@ -12,7 +12,6 @@ mod layout_json;
 use std::collections::HashSet;
 
 use differential::requests;
-
 use memslots::Memslots;
 use proptest::collection::vec;
 use proptest::prelude::*;
