@@ -3,7 +3,7 @@
 
 use crate::change::check_slot_in_range;
 use crate::error::Error;
-use crate::publish::{Core, Version};
+use crate::publish::{BackingOf, Core, Version};
 use crate::slot::Memslot;
 use crate::types::SlotId;
 
@@ -17,7 +17,7 @@ impl<S: Version> Core<S> {
     }
 
     /// The slot and its bitmap, or ENOENT.
-    fn logging_slot(set: &S, slot: SlotId) -> Result<&Memslot, Error> {
+    fn logging_slot(set: &S, slot: SlotId) -> Result<&Memslot<BackingOf<S>>, Error> {
         let found = set.get(slot.id).ok_or(Error::SlotNotFound { slot })?;
         if found.dirty_bitmap().is_none() {
             return Err(Error::DirtyLogDisabled { slot });

@@ -7,6 +7,7 @@
 //! [`ArrayMemslots`](crate::baseline::ArrayMemslots) over the array baseline, so the benchmark's
 //! "Before" and "After" differ only in how a version is stored and copied.
 
+use core::borrow::Borrow;
 use core::fmt;
 use std::sync::Arc;
 
@@ -18,19 +19,34 @@ use crate::hooks::{ArchHooks, NoHooks};
 use crate::reader::{Published, Reader};
 use crate::slot::Memslot;
 use crate::sync::{lock, Mutex, MutexGuard};
-use crate::types::{ChangeKind, Limits, SlotId, UserspaceMemoryRegion};
+use crate::types::{ChangeKind, Gfn, Limits, SlotId, UserspaceMemoryRegion};
 use crate::view::MemslotRead;
 
 /// What the protocol needs of a version type. Public in name only (this module is private), so
 /// that it may bound public generic types; nothing outside the crate can implement or call it.
-pub trait Version: MemslotRead + SlotLookup + Clone + Send + Sync + 'static {
+pub trait Version:
+    MemslotRead<Backing: Send + Sync + 'static>
+    + SlotLookup<Backing = BackingOf<Self>>
+    + Clone
+    + Send
+    + Sync
+    + 'static
+{
+    /// How the version holds a slot, and so what a reader's last-used slot keeps: a cheap
+    /// handle for the trees (an `Arc`), the slot itself for the array.
+    type Slot: Borrow<Memslot<BackingOf<Self>>> + Clone + Send + Sync;
     /// An empty version of address space `as_id`.
     fn empty(as_id: u16, generation: u64, limits: &Limits) -> Self;
     /// Replaces slot `id` by `new` (removes it when `None`, adds `new` when there was none).
-    fn replace(&mut self, id: u16, new: Option<Memslot>);
+    fn replace(&mut self, id: u16, new: Option<Memslot<BackingOf<Self>>>);
     /// Sets the generation the version will be published with.
     fn set_generation(&mut self, generation: u64);
+    /// The slot holding `gfn`, as the version holds it.
+    fn find_slot(&self, gfn: Gfn) -> Option<&Self::Slot>;
 }
+
+/// What the slots of a version type carry.
+pub(crate) type BackingOf<S> = <S as MemslotRead>::Backing;
 
 /// The published state: every address space's current version, swapped as one, so a reader pays
 /// one load however many address spaces it looks at, and a transaction spanning address spaces
@@ -59,20 +75,88 @@ pub(crate) struct WriterState {
     vm_pages: u64,
 }
 
+/// The writer lock, held: by a transaction from its start to its commit, and by the dirty-log
+/// calls. Debug builds record which VMs' locks this thread holds, so that taking one again (a
+/// hook or an open transaction calling `get_dirty_log`) panics instead of waiting forever.
+pub(crate) struct WriterLock<'a> {
+    guard: MutexGuard<'a, WriterState>,
+    #[cfg(all(debug_assertions, not(loom)))]
+    vm: usize,
+}
+
+impl core::ops::Deref for WriterLock<'_> {
+    type Target = WriterState;
+    fn deref(&self) -> &WriterState {
+        &self.guard
+    }
+}
+
+impl core::ops::DerefMut for WriterLock<'_> {
+    fn deref_mut(&mut self) -> &mut WriterState {
+        &mut self.guard
+    }
+}
+
+#[cfg(all(debug_assertions, not(loom)))]
+impl Drop for WriterLock<'_> {
+    fn drop(&mut self) {
+        writer_tracking::release(self.vm);
+    }
+}
+
+/// Debug builds only: the VMs whose writer lock this thread holds.
+#[cfg(all(debug_assertions, not(loom)))]
+mod writer_tracking {
+    use std::cell::RefCell;
+
+    thread_local! {
+        static HELD: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
+    }
+
+    pub(super) fn acquire(vm: usize) {
+        let held = HELD.with(|held| held.borrow().contains(&vm));
+        assert!(
+            !held,
+            "a Memslots call that takes the writer lock (an update, a transaction, get_dirty_log \
+             or clear_dirty_log) was made while this thread already holds it: from an ArchHooks \
+             callback or with a Transaction open; it would wait for itself forever"
+        );
+        HELD.with(|held| held.borrow_mut().push(vm));
+    }
+
+    pub(super) fn release(vm: usize) {
+        HELD.with(|held| {
+            let mut held = held.borrow_mut();
+            if let Some(i) = held.iter().rposition(|&v| v == vm) {
+                held.swap_remove(i);
+            }
+        });
+    }
+}
+
 /// A VM's published memslots and its writer side.
-pub(crate) struct Core<S> {
+pub(crate) struct Core<S: Version> {
     limits: Limits,
     published: Arc<Published<S>>,
     writer: Mutex<WriterState>,
-    hooks: Box<dyn ArchHooks>,
+    /// The VM's page count as of the last publication, for lock-free reads.
+    total_pages: crate::sync::AtomicU64,
+    hooks: Box<dyn ArchHooks<BackingOf<S>>>,
+    /// The backing a slot created by a plain request gets: the one `()` every slot of a
+    /// layout-only VM shares, or `None` where creates must bring their own.
+    implicit_backing: Option<Arc<BackingOf<S>>>,
 }
 
 impl<S: Version> Core<S> {
-    pub(crate) fn new(limits: Limits) -> Self {
-        Self::with_hooks(limits, Box::new(NoHooks))
+    pub(crate) fn new(limits: Limits, implicit_backing: Option<Arc<BackingOf<S>>>) -> Self {
+        Self::with_hooks(limits, Box::new(NoHooks), implicit_backing)
     }
 
-    pub(crate) fn with_hooks(limits: Limits, hooks: Box<dyn ArchHooks>) -> Self {
+    pub(crate) fn with_hooks(
+        limits: Limits,
+        hooks: Box<dyn ArchHooks<BackingOf<S>>>,
+        implicit_backing: Option<Arc<BackingOf<S>>>,
+    ) -> Self {
         let spaces = (0..limits.address_spaces())
             .map(|as_id| Arc::new(S::empty(as_id, u64::from(as_id), &limits)))
             .collect();
@@ -80,14 +164,16 @@ impl<S: Version> Core<S> {
             limits,
             published: Arc::new(Published::new(Root { spaces, version: 0 })),
             writer: Mutex::new(WriterState::default()),
+            total_pages: crate::sync::AtomicU64::new(0),
             hooks,
+            implicit_backing,
         }
     }
 
     /// Loom only: a VM whose grace periods lack the fences (the broken variant).
     #[cfg(loom)]
-    pub(crate) fn weakened(limits: Limits) -> Self {
-        let mut core = Self::new(limits);
+    pub(crate) fn weakened(limits: Limits, implicit_backing: Option<Arc<BackingOf<S>>>) -> Self {
+        let mut core = Self::new(limits, implicit_backing);
         Arc::get_mut(&mut core.published)
             .expect("not shared yet")
             .weak_ordering = true;
@@ -126,18 +212,32 @@ impl<S: Version> Core<S> {
         self.published.synchronize();
     }
 
-    /// The VM's page count over all address spaces.
+    /// The VM's page count over all address spaces, as of the last publication; no lock.
     pub(crate) fn total_pages(&self) -> u64 {
-        lock(&self.writer).vm_pages
+        self.total_pages.load(crate::sync::Ordering::Acquire)
     }
 
-    /// Takes the writer lock for reads that must not race an update (the dirty-log calls).
-    pub(crate) fn lock_writer(&self) -> MutexGuard<'_, WriterState> {
-        lock(&self.writer)
+    /// Takes the writer lock (for a transaction, and for reads that must not race an update:
+    /// the dirty-log calls).
+    ///
+    /// # Panics
+    /// In debug builds, if this thread already holds it.
+    pub(crate) fn lock_writer(&self) -> WriterLock<'_> {
+        #[cfg(all(debug_assertions, not(loom)))]
+        let vm = {
+            let vm = self as *const Self as usize;
+            writer_tracking::acquire(vm);
+            vm
+        };
+        WriterLock {
+            guard: lock(&self.writer),
+            #[cfg(all(debug_assertions, not(loom)))]
+            vm,
+        }
     }
 
     pub(crate) fn transaction(&self) -> Transaction<'_, S> {
-        let writer = lock(&self.writer);
+        let writer = self.lock_writer();
         let base = self.published.root();
         Transaction {
             vm_pages: writer.vm_pages,
@@ -161,12 +261,23 @@ impl<S: Version> Core<S> {
         Ok(kind)
     }
 
+    /// One create carrying its backing, published on its own.
+    pub(crate) fn create(
+        &self,
+        region: &UserspaceMemoryRegion,
+        backing: BackingOf<S>,
+    ) -> Result<(), Error> {
+        let mut tx = self.transaction();
+        tx.create_memory_region(*region, backing)?;
+        tx.commit()
+    }
+
     fn publish(&self, spaces: Spaces<Arc<S>>, version: u64) {
         self.published.publish(Root { spaces, version });
     }
 }
 
-impl<S> fmt::Debug for Core<S> {
+impl<S: Version> fmt::Debug for Core<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Core")
             .field("limits", &self.limits)
@@ -176,12 +287,11 @@ impl<S> fmt::Debug for Core<S> {
 }
 
 /// One accepted change, kept for the hooks and the `INVALID` step.
-#[derive(Debug)]
-struct Change {
+struct Change<B> {
     slot: SlotId,
     kind: ChangeKind,
-    old: Option<Memslot>,
-    new: Option<Memslot>,
+    old: Option<Memslot<B>>,
+    new: Option<Memslot<B>>,
 }
 
 /// Several requests published as one version per address space, all or nothing.
@@ -216,12 +326,12 @@ struct Change {
 /// ```
 pub struct Transaction<'a, S: Version = crate::MemslotSet> {
     core: &'a Core<S>,
-    writer: MutexGuard<'a, WriterState>,
+    writer: WriterLock<'a>,
     /// The root published when the transaction began (still current: the writer lock is held).
     base: Arc<Root<S>>,
     /// Working copies, made on the first change to an address space.
     spaces: Spaces<Option<S>>,
-    changes: Vec<Change>,
+    changes: Vec<Change<BackingOf<S>>>,
     vm_pages: u64,
 }
 
@@ -253,6 +363,25 @@ impl<S: Version> Transaction<'_, S> {
         self.apply(&region, Origin::Internal)
     }
 
+    /// Validates `region` as a create of a new slot carrying `backing` and, if it is accepted, adds
+    /// it to the transaction: the way slots are created on a VM whose slots carry backings. The
+    /// backing is dropped once no version, snapshot or reader can reach the slot any more.
+    ///
+    /// Time: O(log n).
+    ///
+    /// # Errors
+    /// [`Error::SlotExists`] (EEXIST) if the slot exists (in the transaction's state); otherwise
+    /// as [`set_user_memory_region`](Self::set_user_memory_region) for a create. A refused request
+    /// leaves the transaction as it was and drops `backing`.
+    pub fn create_memory_region(
+        &mut self,
+        region: UserspaceMemoryRegion,
+        backing: BackingOf<S>,
+    ) -> Result<(), Error> {
+        self.apply_with(&region, Origin::User, Creation::Only(Arc::new(backing)))
+            .map(drop)
+    }
+
     /// How many accepted changes the transaction holds.
     #[must_use]
     pub fn len(&self) -> usize {
@@ -270,12 +399,32 @@ impl<S: Version> Transaction<'_, S> {
         region: &UserspaceMemoryRegion,
         origin: Origin,
     ) -> Result<ChangeKind, Error> {
+        let creation = match &self.core.implicit_backing {
+            Some(backing) => Creation::Allowed(Arc::clone(backing)),
+            None => Creation::Refused,
+        };
+        self.apply_with(region, origin, creation)
+    }
+
+    fn apply_with(
+        &mut self,
+        region: &UserspaceMemoryRegion,
+        origin: Origin,
+        creation: Creation<BackingOf<S>>,
+    ) -> Result<ChangeKind, Error> {
         let limits = self.core.limits;
         let checked = change::check(&limits, region, origin)?;
         let as_id = usize::from(checked.slot.as_id);
         let base = &self.base.spaces[as_id];
         let current = self.spaces[as_id].as_ref().unwrap_or(base);
-        let plan = change::classify(&limits, checked, current, self.vm_pages)?;
+        let backing = match creation {
+            Creation::Only(_) if current.get(checked.slot.id).is_some() => {
+                return Err(Error::SlotExists { slot: checked.slot });
+            }
+            Creation::Only(backing) | Creation::Allowed(backing) => Some(backing),
+            Creation::Refused => None,
+        };
+        let plan = change::classify(&limits, checked, current, self.vm_pages, backing)?;
         if plan.kind == ChangeKind::Unchanged {
             return Ok(ChangeKind::Unchanged);
         }
@@ -286,7 +435,7 @@ impl<S: Version> Transaction<'_, S> {
         space.replace(id, plan.new.clone());
         match plan.kind {
             ChangeKind::Create => self.vm_pages += checked.npages,
-            ChangeKind::Delete => self.vm_pages -= old.as_ref().map_or(0, Memslot::npages),
+            ChangeKind::Delete => self.vm_pages -= old.as_ref().map_or(0, |s| s.npages()),
             _ => {}
         }
         self.changes.push(Change {
@@ -404,11 +553,34 @@ impl<S: Version> Transaction<'_, S> {
         core.publish(spaces, version);
         core.synchronize();
         writer.vm_pages = vm_pages;
+        core.total_pages
+            .store(vm_pages, crate::sync::Ordering::Release);
         for change in &changes {
             core.hooks
                 .commit(change.old.as_ref(), change.new.as_ref(), change.kind);
         }
         Ok(())
+    }
+}
+
+/// Whether a request may create a slot, and with which backing.
+enum Creation<B> {
+    /// Any change; a create gets this backing.
+    Allowed(Arc<B>),
+    /// Only a create, with this backing.
+    Only(Arc<B>),
+    /// Any change but a create.
+    Refused,
+}
+
+impl<B> fmt::Debug for Change<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Change")
+            .field("slot", &self.slot)
+            .field("kind", &self.kind)
+            .field("old", &self.old)
+            .field("new", &self.new)
+            .finish()
     }
 }
 
