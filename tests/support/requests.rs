@@ -282,8 +282,9 @@ fn size(b: &mut Bytes<'_>, limits: &Limits) -> Option<u64> {
 fn step(b: &mut Bytes<'_>, limits: &Limits, scale: Scale) -> Option<Step> {
     let page = limits.page_size();
     let kind = match (b.byte()? % 16, scale) {
-        // Twice the deletes among many slots, so that their trees also merge.
-        (11, Scale::Many { .. }) => 12,
+        // Among many slots, deletes instead of some moves and flag changes (a quarter of the
+        // steps), so that the big trees also merge.
+        (8 | 9 | 11, Scale::Many { .. }) => 12,
         (kind, _) => kind,
     };
     Some(match kind {
