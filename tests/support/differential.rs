@@ -18,9 +18,9 @@
 //!
 //! What this shows, and what not: the baseline runs the same validation code (`src/change.rs`)
 //! and the same publication protocol as the trees, so agreeing with it checks how versions are
-//! stored, copied, published and queried, not whether the rules are the kernel's. The rules are
-//! checked against the kernel's own behaviour in `tests/semantics.rs` and the unit tests of
-//! `src/change.rs`.
+//! stored, copied, published and queried, not whether the rules are the kernel's. The rules
+//! themselves are checked against the kernel's, case by case, in `tests/semantics.rs` and the
+//! unit tests of `src/change.rs`.
 
 use std::collections::BTreeMap;
 
@@ -251,7 +251,7 @@ where
             ]
         })
         .chain((0..12).map(|p| {
-            let start = 0x100 * page + p * page / 2;
+            let start = requests::HVA_BASE_PAGE * page + p * page / 2;
             (start, start + (p % 5) * page)
         }))
         .chain([(0, u64::MAX)]);

@@ -86,7 +86,7 @@ impl Scale {
 }
 
 /// First host page of the slots a run creates.
-const HVA_BASE_PAGE: u64 = 0x100;
+pub const HVA_BASE_PAGE: u64 = 0x100;
 
 /// One step of a run. The `*Existing` steps name a slot that exists, by its index in the current
 /// layout, so that moves and flag changes (which must repeat the slot's host address and size)
