@@ -648,7 +648,7 @@ impl<S: Version> fmt::Debug for Reader<S> {
 /// | [`gfn_to_memslot`](Self::gfn_to_memslot) | O(1) on a cache hit, O(log n) otherwise |
 /// | [`mark_page_dirty`](Self::mark_page_dirty) | as `gfn_to_memslot`, plus one atomic OR |
 /// | [`read_guest`](Self::read_guest), [`write_guest`](Self::write_guest) and the `_obj` forms | O(1) plus the copy inside the last-used slot, else as [`MemslotSet::read_guest`](crate::MemslotSet::read_guest) |
-/// | dropping it | O(1): one store |
+/// | dropping it | O(1): one store and one load (and a root load if a publication came meanwhile) |
 ///
 /// A section ends on the thread that began it: sending a guard to another thread does not
 /// compile (`ReadGuard` is not `Send`):
