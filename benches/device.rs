@@ -4,8 +4,8 @@
 //! space), with 8 or 4096 slots: memslots (`Memslots<MmapRegion>`) against vm-memory's
 //! `GuestMemoryAtomic<GuestMemoryMmap>`. Each row's two designs run back to back.
 //!
-//! Also the two parts that differ between the designs: taking and dropping `memory()`, and
-//! `find_region` at a random request buffer.
+//! Also the two parts that differ between the designs: taking and dropping `memory()` (and, for
+//! memslots, a `Snapshot`), and `find_region` at each request buffer.
 //!
 //! `cargo bench --features vm-memory-mmap --bench device [-- FILTER]`
 //!
@@ -211,6 +211,9 @@ fn parts(c: &mut Criterion) {
             .collect();
         g.bench_function(BenchmarkId::new("memslots_memory", n), |b| {
             b.iter(|| drop(black_box(ours.memory())));
+        });
+        g.bench_function(BenchmarkId::new("memslots_snapshot", n), |b| {
+            b.iter(|| drop(black_box(ours.snapshot(0))));
         });
         g.bench_function(BenchmarkId::new("vm_memory_memory", n), |b| {
             b.iter(|| drop(black_box(theirs.memory())));

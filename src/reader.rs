@@ -55,7 +55,7 @@ use std::sync::Arc;
 
 use crate::publish::{BackingOf, Root, Version};
 use crate::slot::Memslot;
-use crate::sync::{backoff, fence, lock, AtomicU64, Mutex, Ordering, RootCell};
+use crate::sync::{backoff, fence, lock, AtomicU64, Mutex, Ordering, RootCell, RootGuard};
 use crate::types::Gfn;
 
 /// What readers share with the writer: the root, its version, and the registry.
@@ -97,6 +97,12 @@ impl<S> Published<S> {
     /// The current root, for the writer and for snapshots.
     pub(crate) fn root(&self) -> Arc<Root<S>> {
         self.root.load_full()
+    }
+
+    /// The current root as a guard, for short-lived handles that should not write to its
+    /// reference count.
+    pub(crate) fn root_guard(&self) -> RootGuard<Root<S>> {
+        self.root.load()
     }
 
     /// Publishes `root`; readers entering from now on see it (or a later one). Its `version`

@@ -290,8 +290,11 @@ fn a_held_version_keeps_reading_a_deleted_slot() {
     }]);
     let mut queue = driver.queue();
 
-    // The device takes its memory, then the VMM unplugs the slot holding the request.
+    // The device takes its memory, then the VMM unplugs the slot holding the request. More
+    // handles than a thread has arc-swap debt slots, and a clone, hold it all the same.
     let held = vm.memory();
+    let more: Vec<_> = (0..20).map(|_| vm.memory()).collect();
+    let cloned = held.clone();
     vm.set_user_memory_region(UserspaceMemoryRegion {
         memory_size: 0,
         ..hotplugged
@@ -323,7 +326,13 @@ fn a_held_version_keeps_reading_a_deleted_slot() {
         fresh.read_guest(Gpa(header_at.0), &mut raw),
         Err(Error::Unmapped { gpa: header_at.0 })
     );
-    held.read_slice(&mut raw, header_at).expect("still held");
-    assert_eq!(Header::decode(&raw), header);
+    for mem in more.iter().chain([&cloned, &held]) {
+        mem.read_slice(&mut raw, header_at).expect("still held");
+        assert_eq!(Header::decode(&raw), header);
+    }
+    // Sent to another thread, or kept as a snapshot, it is the same version.
+    let kept = thread::spawn(move || held.into_snapshot()).join().expect("a thread");
+    assert!(kept.ptr_eq(&cloned.into_snapshot()));
+    assert_eq!(kept.read_guest(Gpa(header_at.0), &mut raw), Ok(()));
 }
 
