@@ -25,8 +25,8 @@ use memslots::{Limits, MemFlags, Memslots, UserspaceMemoryRegion};
 use virtio_device::{recycle, serve, Driver, Header, Request};
 use virtio_queue::Queue;
 use vm_memory::{
-    GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend,
-    GuestMemoryMmap, GuestRegionMmap, MmapRegion,
+    GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryMmap,
+    GuestRegionMmap, MmapRegion,
 };
 
 const SLOTS: [usize; 2] = [8, 4096];

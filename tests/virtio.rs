@@ -212,10 +212,17 @@ fn a_device_serves_chains_while_other_slots_come_and_go() {
             rounds += 1;
         }
         drop(stopper);
-        (rounds, generations, churner.join().expect("the churn thread"))
+        (
+            rounds,
+            generations,
+            churner.join().expect("the churn thread"),
+        )
     });
 
-    assert!(churned.creates > 0 && churned.moves > 0 && churned.deletes > 0, "{churned:?}");
+    assert!(
+        churned.creates > 0 && churned.moves > 0 && churned.deletes > 0,
+        "{churned:?}"
+    );
     assert!(
         generations.len() > 1,
         "the device saw the layout change under it ({rounds} rounds, {churned:?})"
@@ -331,8 +338,9 @@ fn a_held_version_keeps_reading_a_deleted_slot() {
         assert_eq!(Header::decode(&raw), header);
     }
     // Sent to another thread, or kept as a snapshot, it is the same version.
-    let kept = thread::spawn(move || held.into_snapshot()).join().expect("a thread");
+    let kept = thread::spawn(move || held.into_snapshot())
+        .join()
+        .expect("a thread");
     assert!(kept.ptr_eq(&cloned.into_snapshot()));
     assert_eq!(kept.read_guest(Gpa(header_at.0), &mut raw), Ok(()));
 }
-
