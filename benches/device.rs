@@ -12,6 +12,8 @@
 //! The layout: slot 0 (at gpa 0) holds the queues' rings; each request's header and response sit
 //! in pages of other slots picked at random, so lookups spread over the slots.
 
+#[path = "../tests/support/rng.rs"]
+mod rng;
 #[path = "../tests/support/virtio_device.rs"]
 mod virtio_device;
 
@@ -22,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use memslots::{Limits, MemFlags, Memslots, UserspaceMemoryRegion};
+use rng::XorShift;
 use virtio_device::{recycle, serve, Driver, Header, Request};
 use virtio_queue::Queue;
 use vm_memory::{
@@ -41,16 +44,12 @@ const RESPONSE: u32 = 1500;
 /// Where thread `t`'s queue is in slot 0.
 const QUEUE_STRIDE: u64 = 0x8000;
 
-/// A fixed shuffle of `0..n` (xorshift64* driving Fisher-Yates), so runs are comparable.
+/// A fixed shuffle of `0..n` (Fisher-Yates), so runs are comparable.
 fn shuffled(n: usize) -> Vec<usize> {
-    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
     let mut v: Vec<usize> = (0..n).collect();
     for i in (1..n).rev() {
-        state ^= state >> 12;
-        state ^= state << 25;
-        state ^= state >> 27;
-        let j = (state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33) as usize % (i + 1);
-        v.swap(i, j);
+        v.swap(i, rng.below(i as u64 + 1) as usize);
     }
     v
 }

@@ -2,6 +2,8 @@
 //! `GuestAddressSpace`, while the VMM hot-plugs, moves and unplugs other slots.
 #![cfg(feature = "vm-memory-mmap")]
 
+#[path = "support/rng.rs"]
+mod rng;
 #[path = "support/virtio_device.rs"]
 mod virtio_device;
 
@@ -12,6 +14,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use memslots::{Error, Gpa, Limits, MemFlags, Memslots, UserspaceMemoryRegion};
+use rng::XorShift;
 use virtio_device::{serve, Driver, Header, Request};
 use vm_memory::{
     Bytes, GuestAddress, GuestAddressSpace, GuestMemoryBackend, GuestMemoryError, MmapRegion,
@@ -50,18 +53,6 @@ fn create(vm: &Memslots<MmapRegion>, id: u32, gpa: u64, len: u64) -> UserspaceMe
     region
 }
 
-/// A small deterministic generator (xorshift64*), so a failure replays.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 32) % n
-    }
-}
-
 /// What the churn thread did, and the layout it left.
 #[derive(Debug, Default)]
 struct Churn {
@@ -75,7 +66,7 @@ struct Churn {
 /// that the slot kept its backing (the marker written at its creation reads back at the new
 /// address).
 fn churn(vm: &Memslots<MmapRegion>, stop: &AtomicBool) -> Churn {
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
     let mut done = Churn::default();
     let mut places: BTreeMap<u64, u32> = BTreeMap::new();
     let marker = |id: u32, creates: usize| (u64::from(id) << 32) | creates as u64;
@@ -143,7 +134,7 @@ impl Drop for StopOnDrop<'_> {
 
 /// Round `round`'s requests: headers in the first buffer slot, responses in two writable parts,
 /// the first of request 0 straddling the boundary between the two buffer slots.
-fn requests(round: usize, rng: &mut Rng) -> Vec<Request> {
+fn requests(round: usize, rng: &mut XorShift) -> Vec<Request> {
     let (lo, hi) = (BUFFERS[0].1, BUFFERS[1].1);
     (0..ROUND)
         .map(|k| {
@@ -181,7 +172,7 @@ fn a_device_serves_chains_while_other_slots_come_and_go() {
     let driver = Driver::new(&*driver_mem, GuestAddress(RINGS.1), QUEUE_SIZE);
     let mut queue = driver.queue();
     let mut scratch = vec![0; 2 * PART as usize];
-    let mut rng = Rng(7);
+    let mut rng = XorShift(7);
     let stop = AtomicBool::new(false);
     let started = Barrier::new(2);
 
