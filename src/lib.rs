@@ -145,7 +145,7 @@ pub use error::{errno, Error, LimitsError, SlotField};
 pub use hooks::{ArchHooks, HookError, NoHooks};
 #[cfg(feature = "vm-memory")]
 #[cfg_attr(docsrs, doc(cfg(feature = "vm-memory")))]
-pub use interop::{FromGuestMemoryError, GuestRegions};
+pub use interop::{FromGuestMemoryError, GuestRegions, MemoryGuard};
 pub use layout::Layout;
 pub use listener::{replay, MemoryListener};
 pub use publish::Transaction;

@@ -203,7 +203,8 @@ impl<S: Version> Core<S> {
     /// # Panics
     /// If `as_id` is not below the number of address spaces.
     pub(crate) fn snapshot(&self, as_id: u16) -> Arc<S> {
-        let root = self.published.root();
+        // A guard, not an `Arc` of the root: the one count taken is the version's.
+        let root = self.published.root_guard();
         match root.spaces.get(usize::from(as_id)) {
             Some(space) => Arc::clone(space),
             None => panic!(
@@ -211,6 +212,13 @@ impl<S: Version> Core<S> {
                 root.spaces.len()
             ),
         }
+    }
+
+    /// The current root as a guard: every address space's version, no count taken in the
+    /// common case.
+    #[cfg(feature = "vm-memory")]
+    pub(crate) fn root_guard(&self) -> crate::sync::RootGuard<Root<S>> {
+        self.published.root_guard()
     }
 
     /// Every address space's current version, from one root.

@@ -113,7 +113,7 @@ use crate::publish::{BackingOf, Root, Version};
 use crate::slot::Memslot;
 use crate::sync::{
     backoff, compiler_barrier, fence, lock, membarrier, membarrier_available, AtomicU64, Mutex,
-    Ordering, RootCell,
+    Ordering, RootCell, RootGuard,
 };
 use crate::types::Gfn;
 
@@ -329,6 +329,12 @@ impl<S> Published<S> {
     /// The current root, for the writer and for snapshots.
     pub(crate) fn root(&self) -> Arc<Root<S>> {
         self.root.load_full()
+    }
+
+    /// The current root as a guard, for short-lived handles that should not write to its
+    /// reference count.
+    pub(crate) fn root_guard(&self) -> RootGuard<Root<S>> {
+        self.root.load()
     }
 
     /// Publishes `root`; readers entering from now on see it (or a later one). Its `version`

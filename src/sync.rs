@@ -114,6 +114,17 @@ impl<T> RootCell<T> {
         }
     }
 
+    /// The current value without touching its reference count in the common case (arc-swap's
+    /// debt slots); an `Arc` clone under loom.
+    pub(crate) fn load(&self) -> RootGuard<T> {
+        RootGuard {
+            #[cfg(not(loom))]
+            inner: self.cell.load(),
+            #[cfg(loom)]
+            inner: self.load_full(),
+        }
+    }
+
     pub(crate) fn load_full(&self) -> Arc<T> {
         #[cfg(not(loom))]
         return self.cell.load_full();
@@ -127,5 +138,35 @@ impl<T> RootCell<T> {
         return self.cell.swap(value);
         #[cfg(loom)]
         return core::mem::replace(&mut *lock(&self.cell), value);
+    }
+}
+
+/// A value loaded from a [`RootCell`]: keeps it alive as an `Arc` would, but taking and dropping
+/// it usually writes only to the loading thread's own arc-swap debt slot, not to the value's
+/// shared reference count. A thread has a few such slots; guards beyond them, or a guard
+/// cloned, hold a real count.
+pub(crate) struct RootGuard<T> {
+    #[cfg(not(loom))]
+    inner: arc_swap::Guard<Arc<T>>,
+    #[cfg(loom)]
+    inner: Arc<T>,
+}
+
+impl<T> Clone for RootGuard<T> {
+    fn clone(&self) -> Self {
+        let arc: &Arc<T> = &self.inner;
+        Self {
+            #[cfg(not(loom))]
+            inner: arc_swap::Guard::from_inner(Arc::clone(arc)),
+            #[cfg(loom)]
+            inner: Arc::clone(arc),
+        }
+    }
+}
+
+impl<T> core::ops::Deref for RootGuard<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.inner
     }
 }

@@ -417,6 +417,12 @@ impl<B: Send + Sync + 'static> Memslots<B> {
         Snapshot(self.core.snapshot(as_id))
     }
 
+    /// Every address space's current version, as a guard on the published root.
+    #[cfg(feature = "vm-memory")]
+    pub(crate) fn root_guard(&self) -> crate::sync::RootGuard<crate::publish::Root<MemslotSet<B>>> {
+        self.core.root_guard()
+    }
+
     /// Every address space's current version, read from one published root.
     pub(crate) fn versions(&self) -> crate::publish::Spaces<Arc<MemslotSet<B>>> {
         self.core.versions()
