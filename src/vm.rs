@@ -158,8 +158,10 @@ impl<B: Send + Sync + 'static> Memslots<B> {
     /// at or above the user-slot limit, a misaligned size, gpa or hva, an hva or gpa range that
     /// wraps, a missing address space, too many pages, deleting a missing slot, changing an
     /// existing slot's hva, size or `READONLY` flag (all `EINVAL`), or a gfn range that overlaps
-    /// another slot of the address space (`EEXIST`). A failed request leaves every published
-    /// version, counter and generation as it was.
+    /// another slot of the address space (`EEXIST`). On a VM made by [`backed`](Self::backed), a
+    /// request that would create a slot is then refused with [`Error::BackingRequired`]
+    /// (`EINVAL`): create it with [`create_memory_region`](Self::create_memory_region). A failed
+    /// request leaves every published version, counter and generation as it was.
     ///
     /// The update follows the kernel's protocol: a Delete or Move first publishes the slot marked
     /// `INVALID` and waits a grace period; every publication is followed by a grace period; the
@@ -187,10 +189,6 @@ impl<B: Send + Sync + 'static> Memslots<B> {
     /// # Panics
     /// In debug builds, if called from inside a read-side section of this VM on the same thread
     /// (it would wait for itself forever).
-    ///
-    /// On a VM made by [`backed`](Self::backed), a request that would create a slot is refused
-    /// with [`Error::BackingRequired`] (EINVAL) once every kernel check has passed: create it with
-    /// [`create_memory_region`](Self::create_memory_region).
     pub fn set_user_memory_region(
         &self,
         region: UserspaceMemoryRegion,
