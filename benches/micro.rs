@@ -8,12 +8,13 @@
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::hint::black_box;
+use std::sync::atomic::{fence, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use memslots::baseline::ArrayMemslots;
-use memslots::{Gfn, Limits, MemFlags, MemslotRead, Memslots, UserspaceMemoryRegion};
+use memslots::{Gfn, Limits, MemFlags, MemslotRead, Memslots, ReadFlavour, UserspaceMemoryRegion};
 use vm_memory::{
     GuestAddress, GuestMemoryBackend, GuestMemoryRegion, GuestMemoryRegionBytes,
     GuestRegionCollection, GuestUsize,
@@ -204,20 +205,31 @@ fn lookup(c: &mut Criterion) {
     }
 }
 
-/// Entering a read-side section and finding a cached slot, against the publication primitives
-/// alone doing the same range check on the slot they load.
+/// Entering a read-side section and finding a cached slot, in both read-side flavours, against
+/// one `fence(SeqCst)` plus a load (what the fence flavour's entry costs at least) and the
+/// publication primitives alone doing the same range check on the slot they load.
 fn read_side(c: &mut Criterion) {
     let mut g = c.benchmark_group("read_side");
     let n = 509;
     let gfn = BASE_GFN + 100 * PAGES + 3;
     let vm = trees(n);
-    let reader = vm.reader();
-    g.bench_function("memslots_read_gfn_to_memslot_hit", |b| {
+    for flavour in [ReadFlavour::Fence, ReadFlavour::Membarrier] {
+        let reader = vm.reader_with_flavour(flavour);
+        let name = format!("memslots_read_gfn_to_memslot_hit_{:?}", reader.flavour());
+        g.bench_function(name.to_lowercase(), |b| {
+            b.iter(|| {
+                let mut guard = reader.read();
+                guard
+                    .gfn_to_memslot(0, Gfn(black_box(gfn)))
+                    .map(|s| s.npages())
+            })
+        });
+    }
+    let counter = AtomicU64::new(7);
+    g.bench_function("fence_seqcst_and_load", |b| {
         b.iter(|| {
-            let mut guard = reader.read();
-            guard
-                .gfn_to_memslot(0, Gfn(black_box(gfn)))
-                .map(|s| s.npages())
+            fence(Ordering::SeqCst);
+            counter.load(Ordering::Acquire)
         })
     });
     let arr = array(n);
@@ -257,6 +269,20 @@ fn read_side(c: &mut Criterion) {
             black_box(shared.as_raw());
         })
     });
+    g.finish();
+}
+
+/// A grace period with one idle reader registered, of each flavour: one fence and a scan, or
+/// also a `membarrier` call.
+fn grace_period(c: &mut Criterion) {
+    let mut g = c.benchmark_group("grace_period");
+    for flavour in [ReadFlavour::Fence, ReadFlavour::Membarrier] {
+        let vm = Memslots::new(Limits::default());
+        let reader = vm.reader_with_flavour(flavour);
+        drop(reader.read());
+        let name = format!("synchronize_{:?}", reader.flavour()).to_lowercase();
+        g.bench_function(name, |b| b.iter(|| vm.synchronize()));
+    }
     g.finish();
 }
 
@@ -315,6 +341,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = lookup, read_side, update, snapshot
+    targets = lookup, read_side, grace_period, update, snapshot
 }
 criterion_main!(benches);

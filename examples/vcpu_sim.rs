@@ -1,10 +1,15 @@
 //! vCPU threads load and store guest memory while a management thread hot-plugs, moves,
 //! re-flags and unplugs backed DIMMs and harvests the dirty log, as a simulator or a VMM in live
 //! migration would. Prints memory accesses per second per vCPU and the latency of each kind of
-//! update (which includes its grace periods: a delete or move waits for every vCPU section that
-//! was open when it published), and checks what the vCPUs read.
+//! update, and checks what the vCPUs read. Updates come in two forms, alternating round by round:
+//! waiting (a committed transaction, the kernel-exact steps: a delete or move waits for every
+//! vCPU section that was open when it published) and non-waiting (what `set_user_memory_region`
+//! and `create_memory_region` do on a backed VM; the grace periods are polled once per round, and
+//! how long they took to end is printed too).
 //!
-//! `cargo run --release --example vcpu_sim [-- VCPUS SECONDS]` (defaults: 2 vCPUs, 2 seconds).
+//! `cargo run --release --example vcpu_sim [-- VCPUS SECONDS [FORM] [fence]]` (defaults: 2 vCPUs,
+//! 2 seconds, both forms, the VM's read-side flavour). FORM is `both`, `waiting` or
+//! `non-waiting`; `fence` makes the vCPUs use the fence flavour.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -13,8 +18,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use memslots::{
-    Backing, ChangeKind, Error, Gpa, GuestRam, Limits, MemFlags, Memslots, Reader,
-    UserspaceMemoryRegion,
+    Backing, ChangeKind, Error, Gpa, GracePeriod, GuestRam, Limits, MemFlags, Memslots,
+    ReadFlavour, Reader, UserspaceMemoryRegion,
 };
 
 const PAGE: u64 = 4096;
@@ -31,6 +36,13 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let vcpus: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(2);
     let seconds: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(2);
+    let form = args.next().unwrap_or_else(|| "both".to_owned());
+    let fence = args.next().is_some_and(|a| a == "fence");
+    let waiting_round = |round: u64| match form.as_str() {
+        "waiting" => true,
+        "non-waiting" => false,
+        _ => round % 2 == 0,
+    };
 
     let vm: Vm = Memslots::backed(Limits::default());
     vm.create_memory_region(
@@ -49,7 +61,11 @@ fn main() {
     let running = Arc::new(AtomicUsize::new(0));
     let vcpu_threads: Vec<_> = (0..vcpus)
         .map(|n| {
-            let reader = vm.reader();
+            let reader = if fence {
+                vm.reader_with_flavour(ReadFlavour::Fence)
+            } else {
+                vm.reader()
+            };
             let (stop, running) = (Arc::clone(&stop), Arc::clone(&running));
             thread::spawn(move || run_vcpu(n as u64, &reader, &stop, &running))
         })
@@ -61,10 +77,13 @@ fn main() {
     thread::sleep(Duration::from_millis(10));
 
     // The management thread: plug, move, re-flag and unplug DIMMs in a cycle.
-    let mut latencies: BTreeMap<&str, Vec<Duration>> = BTreeMap::new();
+    let mut latencies: BTreeMap<String, Vec<Duration>> = BTreeMap::new();
+    let mut pending: Vec<(Instant, GracePeriod)> = Vec::new();
     let started = Instant::now();
     let mut round = 0u64;
     while started.elapsed() < Duration::from_secs(seconds) {
+        let waiting = waiting_round(round);
+        let form = if waiting { "waiting" } else { "non-waiting" };
         let dimm = (round % u64::from(DIMMS)) as u32 + 1;
         let plugged = DIMM_BASE + u64::from(dimm) * DIMM_PAGES * PAGE * 2;
         let region = |gpa: u64, flags: MemFlags| {
@@ -82,10 +101,16 @@ fn main() {
             memory.write_at((page * PAGE) as usize, &u64::from(dimm).to_le_bytes());
         }
         let t = Instant::now();
-        vm.create_memory_region(region(plugged, MemFlags::empty()), memory)
-            .expect("a free range");
+        let plug = region(plugged, MemFlags::empty());
+        if waiting {
+            let mut tx = vm.transaction();
+            tx.create_memory_region(plug, memory).expect("a free range");
+            tx.commit().expect("no hooks");
+        } else {
+            vm.create_memory_region(plug, memory).expect("a free range");
+        }
         latencies
-            .entry("plug (create)")
+            .entry(format!("plug (create), {form}"))
             .or_default()
             .push(t.elapsed());
         let steps = [
@@ -101,9 +126,45 @@ fn main() {
         ];
         for (what, request) in steps {
             let t = Instant::now();
-            let kind = vm.set_user_memory_region(request).expect("a valid plan");
-            latencies.entry(what).or_default().push(t.elapsed());
+            let kind = if waiting {
+                let mut tx = vm.transaction();
+                let kind = tx.set_user_memory_region(request).expect("a valid plan");
+                tx.commit().expect("no hooks");
+                kind
+            } else {
+                let (kind, grace) = vm
+                    .publish_user_memory_region(request)
+                    .expect("a valid plan");
+                pending.push((t, grace));
+                kind
+            };
+            latencies
+                .entry(format!("{what}, {form}"))
+                .or_default()
+                .push(t.elapsed());
             debug_assert_ne!(kind, ChangeKind::Unchanged);
+        }
+        let t = Instant::now();
+        let mut ended = Vec::new();
+        pending.retain(|(published, grace)| {
+            let done = vm.poll_synchronize(grace);
+            if done {
+                ended.push(published.elapsed());
+            }
+            !done
+        });
+        if !waiting {
+            // Polling is where the versions readers let go of, and their DIMMs, are freed.
+            latencies
+                .entry("poll_synchronize, all pending".to_owned())
+                .or_default()
+                .push(t.elapsed());
+        }
+        if !ended.is_empty() {
+            latencies
+                .entry("(non-waiting grace period ended)".to_owned())
+                .or_default()
+                .extend(ended);
         }
         // Harvest the dirty log as a migration thread would.
         let t = Instant::now();
@@ -114,7 +175,7 @@ fn main() {
             .map(|w| w.count_ones())
             .sum();
         latencies
-            .entry("get_dirty_log (RAM)")
+            .entry("get_dirty_log (RAM)".to_owned())
             .or_default()
             .push(t.elapsed());
         if round == 0 {
@@ -125,7 +186,12 @@ fn main() {
     stop.store(true, Ordering::Relaxed);
     let elapsed = started.elapsed().as_secs_f64();
 
-    println!("\n{vcpus} vCPUs, {elapsed:.1} s, {round} management rounds");
+    let flavour = if fence {
+        ReadFlavour::Fence
+    } else {
+        vm.read_flavour()
+    };
+    println!("\n{vcpus} vCPUs ({flavour:?} flavour), {elapsed:.1} s, {round} management rounds");
     for (n, handle) in vcpu_threads.into_iter().enumerate() {
         let stats = handle.join().expect("vCPU thread");
         println!(
@@ -139,14 +205,14 @@ fn main() {
     }
     println!("\nupdate latency (grace periods included):");
     println!(
-        "{:<24} {:>7} {:>10} {:>10} {:>10}",
+        "{:<38} {:>7} {:>10} {:>10} {:>10}",
         "update", "count", "p50", "p99", "max"
     );
     for (what, mut times) in latencies {
         times.sort();
         let pick = |q: f64| times[((times.len() - 1) as f64 * q) as usize];
         println!(
-            "{what:<24} {:>7} {:>10.1?} {:>10.1?} {:>10.1?}",
+            "{what:<38} {:>7} {:>10.1?} {:>10.1?} {:>10.1?}",
             times.len(),
             pick(0.5),
             pick(0.99),

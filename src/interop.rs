@@ -5,8 +5,8 @@
 //!   `find_region` is the gfn tree's O(log n) search, and vm-memory's blanket impls make it a
 //!   `GuestMemory` with `Bytes<GuestAddress>`, so virtio-queue and every rust-vmm device read and
 //!   write guest memory through it unchanged.
-//! - [`Memslots`] is then a [`GuestAddressSpace`]: `memory()` is a snapshot of address space 0,
-//!   one consistent version that later updates never change.
+//! - [`Memslots`] is then a [`GuestAddressSpace`]: `memory()` is address space 0's current
+//!   version as a [`MemoryGuard`], one consistent version that later updates never change.
 //! - A [`Layout`] from any [`GuestMemoryBackend`] such as `GuestMemoryMmap`, and a version's
 //!   slots as `(GuestAddress, length, host address)` triples.
 //!
@@ -300,19 +300,87 @@ where
     }
 }
 
-/// A VM is a vm-memory address space: [`memory`](GuestAddressSpace::memory) is a snapshot of
-/// address space 0 (`O(1)`), a consistent version that later updates never change, kept as long
-/// as the device holds it (it holds memory, not readers: no grace period waits for it).
+/// A VM is a vm-memory address space: [`memory`](GuestAddressSpace::memory) is address space 0's
+/// current version as a [`MemoryGuard`] (`O(1)`, no allocation, usually no shared write): a
+/// consistent version that later updates never change, kept as long as the device holds it (it
+/// holds memory, not readers: no grace period waits for it).
 #[cfg_attr(docsrs, doc(cfg(feature = "vm-memory")))]
 impl<B> GuestAddressSpace for Memslots<B>
 where
     B: VolatileMemory + Send + Sync + 'static,
 {
     type M = MemslotSet<B>;
-    type T = Snapshot<MemslotSet<B>>;
+    type T = MemoryGuard<MemslotSet<B>>;
 
-    fn memory(&self) -> Snapshot<MemslotSet<B>> {
-        self.snapshot(0)
+    fn memory(&self) -> MemoryGuard<MemslotSet<B>> {
+        MemoryGuard {
+            root: self.root_guard(),
+        }
+    }
+}
+
+/// Address space 0's version as [`Memslots::memory`](GuestAddressSpace::memory) returns it: a
+/// [`Snapshot`] for the length of a device's request, cheaper to take and drop.
+///
+/// A [`Snapshot`] takes a reference count on its version, a write to a cache line every thread
+/// taking one shares. A guard instead, like vm-memory's `GuestMemoryLoadGuard`, uses one of the
+/// few arc-swap debt slots of the thread that takes it; it keeps its version (and so every
+/// slot's backing) alive all the same, and later updates never change it. Each thread has 8 such
+/// slots: a guard taken while they are all held, or a clone, takes a count instead, so a guard
+/// kept for long should become a snapshot ([`into_snapshot`](Self::into_snapshot)).
+///
+/// | operation | cost |
+/// |---|---|
+/// | taking one (`memory()`), dropping it, [`Deref`](core::ops::Deref) | O(1); no allocation, no lock |
+/// | [`Clone`], [`into_snapshot`](Self::into_snapshot) | O(1): a reference count |
+///
+/// ```
+/// # #[cfg(feature = "vm-memory-mmap")] {
+/// use memslots::{Limits, MemFlags, Memslots, UserspaceMemoryRegion};
+/// use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, MmapRegion};
+///
+/// let vm: Memslots<MmapRegion> = Memslots::backed(Limits::default());
+/// let ram = MmapRegion::new(0x10000).expect("anonymous memory");
+/// let hva = ram.as_ptr() as u64;
+/// let region = UserspaceMemoryRegion::new(0, MemFlags::empty(), 0x10_0000, 0x10000, hva);
+/// vm.create_memory_region(region, ram)?;
+///
+/// let mem = vm.memory();
+/// mem.write_obj(7u32, GuestAddress(0x10_0000)).expect("mapped");
+/// // Unplugging the slot leaves the guard's version, and the slot's mmap, as they were.
+/// vm.set_user_memory_region(UserspaceMemoryRegion { memory_size: 0, ..region })?;
+/// assert_eq!(mem.read_obj::<u32>(GuestAddress(0x10_0000)).expect("still held"), 7);
+/// assert!(vm.memory().read_obj::<u32>(GuestAddress(0x10_0000)).is_err());
+/// let kept = mem.into_snapshot();
+/// assert_eq!(kept.len(), 1);
+/// # }
+/// # Ok::<(), memslots::Error>(())
+/// ```
+#[derive(Clone)]
+#[cfg_attr(docsrs, doc(cfg(feature = "vm-memory")))]
+pub struct MemoryGuard<S = MemslotSet> {
+    root: crate::sync::RootGuard<crate::publish::Root<S>>,
+}
+
+impl<S> MemoryGuard<S> {
+    /// The same version as a [`Snapshot`], to keep for long.
+    #[must_use]
+    pub fn into_snapshot(self) -> Snapshot<S> {
+        Snapshot::from_arc(std::sync::Arc::clone(&self.root.spaces[0]))
+    }
+}
+
+impl<S> core::ops::Deref for MemoryGuard<S> {
+    type Target = S;
+    fn deref(&self) -> &S {
+        // Every VM has address space 0.
+        &self.root.spaces[0]
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for MemoryGuard<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        (**self).fmt(f)
     }
 }
 

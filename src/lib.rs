@@ -14,8 +14,12 @@
 //!   errno, same [`ChangeKind`]s, the `INVALID` step for delete and move, the same generations)
 //!   and publishes the result; [`snapshot`](Memslots::snapshot) hands out a version.
 //! - [`Reader`] / [`ReadGuard`]: per-vCPU handles. A read-side section is wait-free (no lock, no
-//!   allocation, one fence), keeps a last-used slot like KVM's `vcpu->last_used_slot`, and is what
-//!   grace periods ([`Memslots::synchronize`], and every update) wait for.
+//!   allocation, one fence, or in the [`ReadFlavour::Membarrier`] flavour none: the writer calls
+//!   `membarrier(2)` instead), keeps a last-used slot like KVM's `vcpu->last_used_slot`, and is
+//!   what grace periods ([`Memslots::synchronize`], the waiting updates) wait for.
+//! - [`GracePeriod`]: a grace period started and not waited for, as the non-waiting publications
+//!   ([`Memslots::publish_user_memory_region`], [`Transaction::publish`]) return it: polled with
+//!   [`Memslots::poll_synchronize`] (the kernel's `poll_state_synchronize_srcu`) or waited for.
 //! - [`Transaction`]: several requests published as one version, all or nothing; [`ArchHooks`]:
 //!   the `kvm_arch_*` calls (`prepare`, `commit`, `flush_shadow`); dirty logging through
 //!   [`Reader::mark_page_dirty`], [`Memslots::get_dirty_log`] and [`Memslots::clear_dirty_log`].
@@ -141,11 +145,11 @@ pub use error::{errno, Error, LimitsError, SlotField};
 pub use hooks::{ArchHooks, HookError, NoHooks};
 #[cfg(feature = "vm-memory")]
 #[cfg_attr(docsrs, doc(cfg(feature = "vm-memory")))]
-pub use interop::{FromGuestMemoryError, GuestRegions};
+pub use interop::{FromGuestMemoryError, GuestRegions, MemoryGuard};
 pub use layout::Layout;
 pub use listener::{replay, MemoryListener};
 pub use publish::Transaction;
-pub use reader::{ReadGuard, Reader};
+pub use reader::{GracePeriod, ReadFlavour, ReadGuard, Reader};
 pub use set::{GfnRange, HvaRange, Iter, MemslotSet};
 pub use slot::{DirtyBitmap, HvaError, Memslot};
 pub use types::{

@@ -16,7 +16,7 @@ use arrayvec::ArrayVec;
 use crate::change::{self, Origin, SlotLookup};
 use crate::error::Error;
 use crate::hooks::{ArchHooks, NoHooks};
-use crate::reader::{Published, Reader};
+use crate::reader::{GracePeriod, Published, ReadFlavour, Reader};
 use crate::slot::Memslot;
 use crate::sync::{lock, Mutex, MutexGuard};
 use crate::types::{ChangeKind, Gfn, Limits, SlotId, UserspaceMemoryRegion};
@@ -145,11 +145,23 @@ pub(crate) struct Core<S: Version> {
     /// The backing a slot created by a plain request gets: the one `()` every slot of a
     /// layout-only VM shares, or `None` where creates must bring their own.
     implicit_backing: Option<Arc<BackingOf<S>>>,
+    /// Whether `hooks` came from the caller: a non-waiting publication still runs the `INVALID`
+    /// step and its grace period for them (`flush_shadow` needs it).
+    has_hooks: bool,
+    /// Whether a single update ([`update`](Self::update)) waits for its grace periods: the
+    /// kernel-exact form where the caller manages the memory behind slots (layout-only VMs) or
+    /// hooks expect the kernel's points, the non-waiting one where slots own their memory (see
+    /// `Memslots::set_user_memory_region`).
+    update_waits: bool,
 }
 
 impl<S: Version> Core<S> {
     pub(crate) fn new(limits: Limits, implicit_backing: Option<Arc<BackingOf<S>>>) -> Self {
-        Self::with_hooks(limits, Box::new(NoHooks), implicit_backing)
+        let layout_only = implicit_backing.is_some();
+        let mut core = Self::with_hooks(limits, Box::new(NoHooks), implicit_backing);
+        core.has_hooks = false;
+        core.update_waits = layout_only;
+        core
     }
 
     pub(crate) fn with_hooks(
@@ -167,6 +179,8 @@ impl<S: Version> Core<S> {
             total_pages: crate::sync::AtomicU64::new(0),
             hooks,
             implicit_backing,
+            has_hooks: true,
+            update_waits: true,
         }
     }
 
@@ -189,7 +203,8 @@ impl<S: Version> Core<S> {
     /// # Panics
     /// If `as_id` is not below the number of address spaces.
     pub(crate) fn snapshot(&self, as_id: u16) -> Arc<S> {
-        let root = self.published.root();
+        // A guard, not an `Arc` of the root: the one count taken is the version's.
+        let root = self.published.root_guard();
         match root.spaces.get(usize::from(as_id)) {
             Some(space) => Arc::clone(space),
             None => panic!(
@@ -199,17 +214,54 @@ impl<S: Version> Core<S> {
         }
     }
 
+    /// The current root as a guard: every address space's version, no count taken in the
+    /// common case.
+    #[cfg(feature = "vm-memory")]
+    pub(crate) fn root_guard(&self) -> crate::sync::RootGuard<Root<S>> {
+        self.published.root_guard()
+    }
+
     /// Every address space's current version, from one root.
     pub(crate) fn versions(&self) -> Spaces<Arc<S>> {
         self.published.root().spaces.clone()
     }
 
     pub(crate) fn reader(&self) -> Reader<S> {
-        Reader::new(Arc::clone(&self.published))
+        self.reader_with_flavour(self.published.default_flavour())
+    }
+
+    pub(crate) fn reader_with_flavour(&self, flavour: ReadFlavour) -> Reader<S> {
+        Reader::new(Arc::clone(&self.published), flavour)
+    }
+
+    pub(crate) fn read_flavour(&self) -> ReadFlavour {
+        self.published.default_flavour()
     }
 
     pub(crate) fn synchronize(&self) {
         self.published.synchronize();
+    }
+
+    pub(crate) fn start_grace_period(&self) -> GracePeriod {
+        self.published.start_grace_period()
+    }
+
+    /// Whether `grace` has ended; frees the replaced versions no reader holds any more.
+    pub(crate) fn poll_synchronize(&self, grace: &GracePeriod) -> bool {
+        let done = grace.is_done();
+        self.published.reclaim();
+        done
+    }
+
+    /// One request, published without waiting for readers (see [`Transaction::publish`]).
+    pub(crate) fn publish_update(
+        &self,
+        region: &UserspaceMemoryRegion,
+        origin: Origin,
+    ) -> Result<(ChangeKind, GracePeriod), Error> {
+        let mut tx = self.transaction();
+        let kind = tx.apply(region, origin)?;
+        Ok((kind, tx.publish()?))
     }
 
     /// The VM's page count over all address spaces, as of the last publication; no lock.
@@ -257,7 +309,7 @@ impl<S: Version> Core<S> {
     ) -> Result<ChangeKind, Error> {
         let mut tx = self.transaction();
         let kind = tx.apply(region, origin)?;
-        tx.commit()?;
+        let _grace = tx.finish(self.update_waits)?;
         Ok(kind)
     }
 
@@ -269,11 +321,13 @@ impl<S: Version> Core<S> {
     ) -> Result<(), Error> {
         let mut tx = self.transaction();
         tx.create_memory_region(*region, backing)?;
-        tx.commit()
+        tx.finish(self.update_waits).map(drop)
     }
 
-    fn publish(&self, spaces: Spaces<Arc<S>>, version: u64) {
-        self.published.publish(Root { spaces, version });
+    /// Publishes a root; `reclaim_now` as in `Published::publish`.
+    fn publish(&self, spaces: Spaces<Arc<S>>, version: u64, reclaim_now: bool) {
+        self.published
+            .publish(Root { spaces, version }, reclaim_now);
     }
 }
 
@@ -416,18 +470,20 @@ impl<S: Version> Transaction<'_, S> {
         let checked = change::check(&limits, region, origin)?;
         let as_id = usize::from(checked.slot.as_id);
         let base = &self.base.spaces[as_id];
-        let space = self.spaces[as_id].get_or_insert_with(|| S::clone(base));
+        let current = self.spaces[as_id].as_ref().unwrap_or(base);
         let backing = match creation {
-            Creation::Only(_) if space.get(checked.slot.id).is_some() => {
+            Creation::Only(_) if current.get(checked.slot.id).is_some() => {
                 return Err(Error::SlotExists { slot: checked.slot });
             }
             Creation::Only(backing) | Creation::Allowed(backing) => Some(backing),
             Creation::Refused => None,
         };
-        let plan = change::classify(&limits, checked, &*space, self.vm_pages, backing)?;
+        let plan = change::classify(&limits, checked, current, self.vm_pages, backing)?;
         if plan.kind == ChangeKind::Unchanged {
             return Ok(ChangeKind::Unchanged);
         }
+        // Copied only now: an address space with no accepted change is not published again.
+        let space = self.spaces[as_id].get_or_insert_with(|| S::clone(base));
         let id = plan.slot.id;
         let old = space.get(id).cloned();
         space.replace(id, plan.new.clone());
@@ -464,6 +520,35 @@ impl<S: Version> Transaction<'_, S> {
     /// [`Error::Hook`] if a `prepare` hook refuses: nothing is changed (a published `INVALID` step
     /// is undone by publishing the old versions again, as the kernel does).
     pub fn commit(self) -> Result<(), Error> {
+        self.finish(true).map(drop)
+    }
+
+    /// Publishes every accepted change and returns without waiting for readers: the grace
+    /// period of the final version is returned instead, to poll or wait for later (the kernel's
+    /// `start_poll_synchronize_srcu`). Readers that began a section before may still use the old
+    /// versions; what those versions own is freed by the next
+    /// [`poll_synchronize`](crate::Memslots::poll_synchronize) (or grace period, or waiting
+    /// publication) after the last of them lets go (see
+    /// [`Reader::quiesce`](crate::Reader::quiesce) for idle readers).
+    ///
+    /// Without [`ArchHooks`] there is no `INVALID` step (nothing would use its grace period), so
+    /// this is one publication; the generations step as in [`commit`](Self::commit), so both
+    /// forms give the same generations. With hooks, a Delete or Move still publishes `INVALID`,
+    /// waits for its grace period and calls `flush_shadow`, as the kernel does; `prepare` runs as
+    /// in `commit`, and `commit` runs right after the final publication, before its grace
+    /// period has ended.
+    ///
+    /// Time: O(k log n) for k changes, O(readers) for starting the grace period, plus with hooks
+    /// the `INVALID` step's grace period.
+    ///
+    /// # Errors
+    /// As [`commit`](Self::commit).
+    pub fn publish(self) -> Result<GracePeriod, Error> {
+        self.finish(false)
+    }
+
+    /// The publication steps; `waiting` chooses the kernel-exact form.
+    fn finish(self, waiting: bool) -> Result<GracePeriod, Error> {
         let Transaction {
             core,
             mut writer,
@@ -473,7 +558,7 @@ impl<S: Version> Transaction<'_, S> {
             vm_pages,
         } = self;
         if changes.is_empty() {
-            return Ok(());
+            return Ok(core.published.no_grace_period());
         }
         let step = u64::from(core.limits.address_spaces());
         let mut version = base.version;
@@ -499,7 +584,10 @@ impl<S: Version> Transaction<'_, S> {
         let invalidated: Vec<usize> = (0..invalid.len())
             .filter(|&a| invalid[a].is_some())
             .collect();
-        if !invalidated.is_empty() {
+        // The INVALID version is published only where its grace period serves: the kernel-exact
+        // form, or hooks to flush. Its generation step is counted either way.
+        let publish_invalid = !invalidated.is_empty() && (waiting || core.has_hooks);
+        if publish_invalid {
             let mut spaces = base.spaces.clone();
             for &as_id in &invalidated {
                 if let Some(mut space) = invalid[as_id].take() {
@@ -508,7 +596,7 @@ impl<S: Version> Transaction<'_, S> {
                 }
             }
             version += 1;
-            core.publish(spaces, version);
+            core.publish(spaces, version, true);
             core.synchronize();
             for old in &flushed {
                 core.hooks.flush_shadow(old);
@@ -521,7 +609,7 @@ impl<S: Version> Transaction<'_, S> {
                 core.hooks
                     .prepare(change.old.as_ref(), change.new.as_ref(), change.kind)
             {
-                if !invalidated.is_empty() {
+                if publish_invalid {
                     // Put the old slots back: the published versions again, one step later.
                     let mut spaces = base.spaces.clone();
                     for &as_id in &invalidated {
@@ -530,7 +618,7 @@ impl<S: Version> Transaction<'_, S> {
                         spaces[as_id] = Arc::new(space);
                     }
                     version += 1;
-                    core.publish(spaces, version);
+                    core.publish(spaces, version, true);
                     core.synchronize();
                 }
                 return Err(Error::Hook(refusal));
@@ -548,8 +636,13 @@ impl<S: Version> Transaction<'_, S> {
         // the INVALID one) at once when no reader holds them.
         drop(base);
         version += 1;
-        core.publish(spaces, version);
-        core.synchronize();
+        core.publish(spaces, version, waiting);
+        let grace = if waiting {
+            core.synchronize();
+            core.published.no_grace_period()
+        } else {
+            core.start_grace_period()
+        };
         writer.vm_pages = vm_pages;
         core.total_pages
             .store(vm_pages, crate::sync::Ordering::Release);
@@ -557,7 +650,7 @@ impl<S: Version> Transaction<'_, S> {
             core.hooks
                 .commit(change.old.as_ref(), change.new.as_ref(), change.kind);
         }
-        Ok(())
+        Ok(grace)
     }
 }
 

@@ -1,5 +1,5 @@
-//! Read-side sections and grace periods: [`Reader`], [`ReadGuard`], and the registry a writer
-//! scans to wait for readers.
+//! Read-side sections and grace periods: [`Reader`], [`ReadGuard`], [`ReadFlavour`],
+//! [`GracePeriod`], and the registry a writer scans to wait for readers.
 //!
 //! # The protocol
 //!
@@ -7,21 +7,27 @@
 //! a section. The VM keeps the published root and a version counter that the writer bumps after
 //! each root store.
 //!
-//! - **Reader, entering:** store `seq + 1` (odd) in its entry; `fence(SeqCst)`; load the version.
-//!   If it differs from the version of its cached root, load the root afresh. Leaving: store
-//!   `seq + 2` (even) with `Release`.
-//! - **Writer, publishing:** store the new root; store the bumped version; and for a grace
-//!   period, `fence(SeqCst)`, then read every entry, and wait on each odd one until it changes.
+//! - **Reader, entering:** store `seq + 1` (odd) in its entry; a barrier (`fence(SeqCst)` in the
+//!   fence flavour, a compiler fence in the membarrier flavour); load the version. If it differs
+//!   from the version of its cached root, load the root afresh. Leaving: store `seq + 2` (even)
+//!   with `Release`; then, if the version moved on while it was inside, load the new root at once
+//!   so that an idle reader does not keep the old one.
+//! - **Writer, publishing:** store the new root; store the bumped version. A grace period starts
+//!   with `fence(SeqCst)`, then, if any registered reader uses the membarrier flavour,
+//!   `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)`; then it reads every entry and notes the odd
+//!   ones (a [`GracePeriod`]). It has ended once each noted entry has changed: waiting for that is
+//!   [`synchronize`](crate::Memslots::synchronize); returning the note instead is what the
+//!   non-waiting publications do.
 //!
-//! # Why it is enough
+//! # Why it is enough (fence flavour)
 //!
 //! The two fences order the reader's "I am inside" before its version load, and the writer's
 //! version store before its registry scan. By the fence rule of the C++/Rust memory model, for any
 //! reader section and any publish, either the reader's version load sees the writer's new version
 //! (then it loads the new root, or a newer one, and never touches the old one in this section), or
-//! the writer's scan sees the reader's odd entry (then the writer waits until that section ends).
-//! There is no third case: a reader cannot use the old root unseen. The `Release` on leaving pairs
-//! with the writer's `Acquire` reads of the entry, so everything the reader did in the section
+//! the writer's scan sees the reader's odd entry (then the grace period waits until that section
+//! ends). There is no third case: a reader cannot use the old root unseen. The `Release` on leaving
+//! pairs with the writer's `Acquire` reads of the entry, so everything the reader did in the section
 //! happens before whatever the writer does after the grace period (flushing, unmapping).
 //!
 //! `Release`/`Acquire` alone is not enough: without the fences the reader's entry store may be
@@ -30,12 +36,48 @@
 //! while a reader is still using the old version. The loom tests include that broken variant and
 //! show it is caught.
 //!
+//! A grace period notes only the entries that are odd when it scans, and each with the value it
+//! had: a section that begins later, or a later section of the same reader, never holds it up.
+//!
+//! # Why it is enough (membarrier flavour)
+//!
+//! `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)` returns only after every CPU that runs a thread
+//! of this process has executed a full memory barrier, the kernel having executed one on the
+//! calling CPU first; a thread that is not running passes one when it is switched in or out
+//! (membarrier(2) relies on the scheduler's barriers for that). In effect, the call turns a
+//! compiler barrier in each other thread into a full fence, at a point of that thread's
+//! instruction stream that lies in time between the writer's version store and its scan. The
+//! reader's compiler fence keeps its entry store and version load in program order in the
+//! instruction stream, so that point, B, falls in one of three places:
+//!
+//! 1. **Before the entry store.** B comes after the writer's version store (which the writer's
+//!    fence and the kernel's barrier order before the interrupt that runs B), and the reader's
+//!    version load comes after B: it sees the new version, and the reader loads the new root.
+//! 2. **Between the entry store and the version load.** That is the fence flavour's fence,
+//!    executed in the same place; the writer's `fence(SeqCst)` is still there. The argument above
+//!    applies word for word.
+//! 3. **After the version load.** The entry store precedes B, and B completes before
+//!    `membarrier` returns, which is before the writer's scan: the scan sees the odd entry (or a
+//!    later value), and the grace period waits.
+//!
+//! So it is the same either/or. Leaving needs no barrier in either flavour: the `Release` store
+//! and the writer's `Acquire` reads order the section's accesses before the end of the grace
+//! period, as before. A reader of either flavour may share a VM with readers of the other: the
+//! writer issues `membarrier` whenever a registered reader needs it, and fences always. Loom
+//! cannot model a barrier executed on another thread's behalf, so it checks the fence flavour
+//! (under `cfg(loom)` every reader is of the fence flavour); case 2 is that model, cases 1 and 3
+//! are the ordinary visibility of a store made before a full barrier.
+//!
 //! # Costs
 //!
-//! Entering a section: a `RefCell` flag, a store to the reader's own cache line, one fence, one
-//! load of a counter that changes only on publish. No lock, no allocation, no read-modify-write on
-//! a shared line, so readers on many cores do not contend. The root itself is loaded only when
-//! the version changed.
+//! Entering a section: a `RefCell` flag, a store to the reader's own cache line, one fence (or, in
+//! the membarrier flavour, none), one load of a counter that changes only on publish. No lock, no
+//! allocation, no read-modify-write on a shared line, so readers on many cores do not contend.
+//! The root itself is loaded only when the version changed. Leaving: one store and one load.
+//!
+//! A grace period: one fence, a `membarrier` call when a reader needs it (microseconds: an
+//! interrupt for each CPU running a thread of the process), and a read of every registered
+//! entry, O(readers).
 //!
 //! A [`Snapshot`](crate::Snapshot) is not a section: it holds its version's memory alive, but
 //! never holds up a grace period.
@@ -45,7 +87,21 @@
 //! Versions are reference-counted, and the writer keeps every root it replaced until it holds the
 //! last reference. So a reader letting go of an old root (when it reloads) only decrements a
 //! count: freeing a version's nodes, which can take microseconds and the allocator's locks, is
-//! always the writer's work, as in RCU.
+//! always the writer's work, as in RCU. The writer looks for roots to free at every waiting
+//! publication, every [`synchronize`](crate::Memslots::synchronize) and every
+//! [`poll_synchronize`](crate::Memslots::poll_synchronize); a non-waiting publication leaves that
+//! to them (so that an update never pays for unmapping a deleted slot's memory), unless 32
+//! replaced roots are already waiting.
+//!
+//! How long a replaced version (and whatever its slots own) can outlive its replacement: until
+//! every reader that holds it lets go, and the writer next looks. A reader holds the version of
+//! its last section between sections; it lets go when it leaves a section after a publication
+//! (so a reader inside a section when an update is published lets go when that section ends), at
+//! the entry of its next section, on [`Reader::quiesce`], or when dropped. A reader that is idle
+//! since before the publication (a halted vCPU) keeps its version until one of those: the writer
+//! cannot take it away, since that would need the reader to lock (or to read-modify-write) its
+//! cache on every section, or `unsafe` code, and a section is exactly one store and one load.
+//! A vCPU about to block calls [`Reader::quiesce`], as a liburcu QSBR thread goes offline.
 
 use core::borrow::Borrow;
 use core::cell::{RefCell, RefMut};
@@ -55,19 +111,38 @@ use std::sync::Arc;
 
 use crate::publish::{BackingOf, Root, Version};
 use crate::slot::Memslot;
-use crate::sync::{backoff, fence, lock, AtomicU64, Mutex, Ordering, RootCell};
+use crate::sync::{
+    backoff, compiler_barrier, fence, lock, membarrier, membarrier_available, AtomicU64, Mutex,
+    Ordering, RootCell, RootGuard,
+};
 use crate::types::Gfn;
 
 /// What readers share with the writer: the root, its version, and the registry.
 pub(crate) struct Published<S> {
     root: RootCell<Root<S>>,
     version: AtomicU64,
-    readers: Mutex<Vec<Arc<ReaderEntry>>>,
+    readers: Mutex<Registry>,
     /// Replaced roots that readers may still hold (writer only).
     retired: Mutex<Vec<Arc<Root<S>>>>,
+    /// What a quiesced reader holds instead of a version: no slot, and a version number no
+    /// publication reaches, so its next section loads the current root.
+    idle_root: Arc<Root<S>>,
+    /// The flavour [`Reader`]s get unless they ask: chosen once, when the VM is created.
+    default_flavour: ReadFlavour,
     /// Loom only: drop the fences, to show the model checker catches the broken protocol.
     #[cfg(loom)]
     pub(crate) weak_ordering: bool,
+}
+
+/// How many replaced roots a run of non-waiting publications may leave unexamined before one of
+/// them frees the unheld ones itself (see [`Published::publish`]).
+const DEFERRED_ROOTS: usize = 32;
+
+/// The registered readers, and how many of them need the writer's `membarrier`.
+#[derive(Default)]
+struct Registry {
+    entries: Vec<Arc<ReaderEntry>>,
+    membarrier_readers: usize,
 }
 
 /// One reader's registry entry: its section sequence number, odd while inside.
@@ -79,6 +154,158 @@ pub(crate) struct Published<S> {
 #[repr(align(128))]
 struct ReaderEntry {
     seq: AtomicU64,
+    flavour: ReadFlavour,
+}
+
+/// How a [`Reader`] orders its section entry against the writer's grace periods.
+///
+/// Both give the same guarantee (the arguments are in this module's source documentation); they
+/// differ in who pays for the ordering:
+///
+/// | flavour | section entry | grace period |
+/// |---|---|---|
+/// | [`Fence`](Self::Fence) | one `fence(SeqCst)` | one `fence(SeqCst)` and an O(readers) scan |
+/// | [`Membarrier`](Self::Membarrier) | a compiler fence: no instruction | also one `membarrier(2)` call (microseconds) |
+///
+/// A VM picks [`best`](Self::best) when it is created (registering the process for
+/// `MEMBARRIER_CMD_PRIVATE_EXPEDITED` then); [`Memslots::reader_with_flavour`](crate::Memslots::reader_with_flavour)
+/// asks for one explicitly. Readers of both flavours may share a VM.
+///
+/// ```
+/// use memslots::{Limits, Memslots, ReadFlavour};
+/// let vm = Memslots::new(Limits::default());
+/// assert_eq!(vm.reader().flavour(), ReadFlavour::best());
+/// assert_eq!(vm.reader_with_flavour(ReadFlavour::Fence).flavour(), ReadFlavour::Fence);
+/// // Asking for membarrier where the kernel refuses it gives the fence flavour.
+/// let asked = vm.reader_with_flavour(ReadFlavour::Membarrier).flavour();
+/// assert_eq!(asked == ReadFlavour::Membarrier, ReadFlavour::membarrier_available());
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ReadFlavour {
+    /// The reader executes `fence(SeqCst)` on entering a section; the writer one per grace period.
+    Fence,
+    /// The reader executes only a compiler fence; the writer makes every CPU running a thread of
+    /// the process execute a full barrier with `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)`
+    /// (liburcu's "memb" flavour, the kernel's asymmetric barriers).
+    Membarrier,
+}
+
+impl ReadFlavour {
+    /// [`Membarrier`](Self::Membarrier) where the kernel offers and accepts it, else
+    /// [`Fence`](Self::Fence). The first call registers the process with
+    /// `MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED`; the answer is then remembered.
+    ///
+    /// Time: one or two system calls the first time in a process, O(1) after.
+    #[must_use]
+    pub fn best() -> Self {
+        if Self::membarrier_available() {
+            Self::Membarrier
+        } else {
+            Self::Fence
+        }
+    }
+
+    /// Whether this process can use `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)` (always false
+    /// under loom and off Linux).
+    ///
+    /// Time: as [`best`](Self::best).
+    #[must_use]
+    pub fn membarrier_available() -> bool {
+        membarrier_available()
+    }
+
+    /// `self`, or [`Fence`](Self::Fence) if `self` is [`Membarrier`](Self::Membarrier) and the
+    /// kernel does not offer it.
+    fn or_fallback(self) -> Self {
+        match self {
+            Self::Membarrier if !membarrier_available() => Self::Fence,
+            flavour => flavour,
+        }
+    }
+}
+
+/// A grace period that has started: it ends once every read-side section that was open when it
+/// started has ended (sections that began later do not count). The cookie of
+/// [`Memslots::start_grace_period`](crate::Memslots::start_grace_period) and of the non-waiting
+/// publications, like the kernel's `start_poll_synchronize_srcu`; poll it with
+/// [`is_done`](Self::is_done) or wait for it with [`wait`](Self::wait). Dropping it waits for
+/// nothing.
+///
+/// | operation | cost |
+/// |---|---|
+/// | [`is_done`](Self::is_done) | O(k) loads, for the k sections open at the start |
+/// | [`wait`](Self::wait) | as `is_done`, plus the wait |
+/// | holding it | k registry entries kept alive; no reader is held up |
+///
+/// ```
+/// use memslots::{Limits, Memslots};
+/// let vm = Memslots::new(Limits::default());
+/// let reader = vm.reader();
+/// let section = reader.read();
+/// let grace = vm.start_grace_period();
+/// assert!(!grace.is_done()); // the section was open when it started
+/// drop(section);
+/// assert!(grace.is_done());
+/// let later = reader.read();
+/// let second = vm.start_grace_period();
+/// assert!(grace.is_done() && !second.is_done()); // `later` counts for the second one only
+/// drop(later);
+/// ```
+#[must_use = "a grace period is only useful to poll or wait for"]
+pub struct GracePeriod {
+    /// The entries that were odd at the start, with the value each had.
+    inside: Vec<(Arc<ReaderEntry>, u64)>,
+    #[cfg(all(debug_assertions, not(loom)))]
+    vm: usize,
+}
+
+impl GracePeriod {
+    /// Whether every section that was open when this grace period started has ended. Once it
+    /// returns true, everything those sections did happens before what the caller does next.
+    ///
+    /// Time: O(k) for the k sections open at the start; no lock, no allocation.
+    #[must_use]
+    pub fn is_done(&self) -> bool {
+        self.inside
+            .iter()
+            .all(|(entry, seq)| entry.seq.load(Ordering::Acquire) != *seq)
+    }
+
+    /// Waits until [`is_done`](Self::is_done): spins briefly, then yields, then sleeps in short
+    /// steps.
+    ///
+    /// Time: O(k) plus the wait.
+    ///
+    /// # Panics
+    /// In debug builds, if this thread is inside a read-side section of the same VM (it could be
+    /// waiting for itself).
+    pub fn wait(&self) {
+        #[cfg(all(debug_assertions, not(loom)))]
+        section_tracking::assert_not_inside(self.vm);
+        for (entry, seq) in &self.inside {
+            let mut round = 0;
+            while entry.seq.load(Ordering::Acquire) == *seq {
+                backoff(round);
+                round = round.saturating_add(1);
+            }
+        }
+    }
+
+    /// How many sections this grace period waits for (those open when it started, whether or
+    /// not they have ended since).
+    #[must_use]
+    pub fn sections(&self) -> usize {
+        self.inside.len()
+    }
+}
+
+impl fmt::Debug for GracePeriod {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GracePeriod")
+            .field("sections", &self.inside.len())
+            .field("done", &self.is_done())
+            .finish()
+    }
 }
 
 impl<S> Published<S> {
@@ -87,8 +314,13 @@ impl<S> Published<S> {
         Self {
             root: RootCell::new(Arc::new(root)),
             version: AtomicU64::new(version),
-            readers: Mutex::new(Vec::new()),
+            readers: Mutex::new(Registry::default()),
             retired: Mutex::new(Vec::new()),
+            idle_root: Arc::new(Root {
+                spaces: crate::publish::Spaces::new(),
+                version: u64::MAX,
+            }),
+            default_flavour: ReadFlavour::best(),
             #[cfg(loom)]
             weak_ordering: false,
         }
@@ -99,13 +331,25 @@ impl<S> Published<S> {
         self.root.load_full()
     }
 
+    /// The current root as a guard, for short-lived handles that should not write to its
+    /// reference count.
+    pub(crate) fn root_guard(&self) -> RootGuard<Root<S>> {
+        self.root.load()
+    }
+
     /// Publishes `root`; readers entering from now on see it (or a later one). Its `version`
     /// must be greater than the current one. Only the writer calls this.
-    pub(crate) fn publish(&self, root: Root<S>) {
+    ///
+    /// With `reclaim_now`, the roots no reader holds any more are freed here; without it (the
+    /// non-waiting publications) that is left to the next [`reclaim`](Self::reclaim) (a poll, a
+    /// grace period, a waiting publication), unless more than [`DEFERRED_ROOTS`] roots are
+    /// waiting, so that freeing a deleted slot's backing (an `munmap`, milliseconds for a large
+    /// one) happens when the caller polls, not inside the update.
+    pub(crate) fn publish(&self, root: Root<S>, reclaim_now: bool) {
         let version = root.version;
         let old = self.root.swap(Arc::new(root));
         self.version.store(version, Ordering::Release);
-        self.retire(old);
+        self.retire(old, reclaim_now);
     }
 
     /// Keeps a replaced root until no reader holds it, so that freeing a version's memory is
@@ -113,9 +357,14 @@ impl<S> Published<S> {
     /// A root is handed out only while current, so once retired its count can only fall; when
     /// the list's reference is the last one, nobody else can reach it and dropping it here frees
     /// it. The list holds at most one root per reader plus the ones freed at the next publish.
-    fn retire(&self, old: Arc<Root<S>>) {
-        lock(&self.retired).push(old);
-        self.reclaim();
+    fn retire(&self, old: Arc<Root<S>>, reclaim_now: bool) {
+        let mut retired = lock(&self.retired);
+        retired.push(old);
+        let waiting = retired.len();
+        drop(retired);
+        if reclaim_now || waiting > DEFERRED_ROOTS {
+            self.reclaim();
+        }
     }
 
     /// Frees the retired roots no reader holds any more (and with them every slot, and so every
@@ -137,22 +386,45 @@ impl<S> Published<S> {
     pub(crate) fn synchronize(&self) {
         #[cfg(all(debug_assertions, not(loom)))]
         section_tracking::assert_not_inside(self.identity());
+        self.start_grace_period().wait();
+        self.reclaim();
+    }
+
+    /// Starts a grace period: notes every section open now. Everything published before this
+    /// call is seen by any section that is not noted (see the module documentation).
+    pub(crate) fn start_grace_period(&self) -> GracePeriod {
         self.fence();
-        let inside: Vec<(Arc<ReaderEntry>, u64)> = lock(&self.readers)
+        let registry = lock(&self.readers);
+        if registry.membarrier_readers > 0 {
+            membarrier();
+        }
+        let inside = registry
+            .entries
             .iter()
             .filter_map(|entry| {
                 let seq = entry.seq.load(Ordering::Acquire);
                 (seq % 2 == 1).then(|| (Arc::clone(entry), seq))
             })
             .collect();
-        for (entry, seq) in inside {
-            let mut round = 0;
-            while entry.seq.load(Ordering::Acquire) == seq {
-                backoff(round);
-                round = round.saturating_add(1);
-            }
+        GracePeriod {
+            inside,
+            #[cfg(all(debug_assertions, not(loom)))]
+            vm: self.identity(),
         }
-        self.reclaim();
+    }
+
+    /// A grace period with nothing to wait for, for a publication that published nothing.
+    pub(crate) fn no_grace_period(&self) -> GracePeriod {
+        GracePeriod {
+            inside: Vec::new(),
+            #[cfg(all(debug_assertions, not(loom)))]
+            vm: self.identity(),
+        }
+    }
+
+    /// The flavour readers get unless they ask for one.
+    pub(crate) fn default_flavour(&self) -> ReadFlavour {
+        self.default_flavour
     }
 
     #[inline]
@@ -164,16 +436,30 @@ impl<S> Published<S> {
         fence(Ordering::SeqCst);
     }
 
-    fn register(&self) -> Arc<ReaderEntry> {
+    /// The barrier between a section's entry store and its version load.
+    #[inline]
+    fn entry_barrier(&self, flavour: ReadFlavour) {
+        match flavour {
+            ReadFlavour::Fence => self.fence(),
+            ReadFlavour::Membarrier => compiler_barrier(),
+        }
+    }
+
+    fn register(&self, flavour: ReadFlavour) -> Arc<ReaderEntry> {
         let entry = Arc::new(ReaderEntry {
             seq: AtomicU64::new(0),
+            flavour,
         });
-        lock(&self.readers).push(Arc::clone(&entry));
+        let mut registry = lock(&self.readers);
+        registry.entries.push(Arc::clone(&entry));
+        registry.membarrier_readers += usize::from(flavour == ReadFlavour::Membarrier);
         entry
     }
 
     fn unregister(&self, entry: &Arc<ReaderEntry>) {
-        lock(&self.readers).retain(|e| !Arc::ptr_eq(e, entry));
+        let mut registry = lock(&self.readers);
+        registry.entries.retain(|e| !Arc::ptr_eq(e, entry));
+        registry.membarrier_readers -= usize::from(entry.flavour == ReadFlavour::Membarrier);
     }
 
     #[cfg(all(debug_assertions, not(loom)))]
@@ -186,7 +472,7 @@ impl<S> fmt::Debug for Published<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Published")
             .field("version", &self.version.load(Ordering::Relaxed))
-            .field("readers", &lock(&self.readers).len())
+            .field("readers", &lock(&self.readers).entries.len())
             .finish()
     }
 }
@@ -204,7 +490,8 @@ impl<S> fmt::Debug for Published<S> {
 ///
 /// | operation | cost |
 /// |---|---|
-/// | [`read`](Self::read), dropping the guard | O(1): no lock, no allocation, one fence |
+/// | [`read`](Self::read), dropping the guard | O(1): no lock, no allocation, one fence (none in the membarrier flavour) |
+/// | [`quiesce`](Self::quiesce) | O(1) |
 /// | [`ReadGuard::gfn_to_memslot`] | O(1) on a cache hit, O(log n) otherwise |
 /// | [`mark_page_dirty`](Self::mark_page_dirty) | as a section plus a lookup, plus one atomic OR |
 /// | creating or dropping a `Reader` | O(readers): takes the registry lock |
@@ -230,9 +517,21 @@ impl<S> fmt::Debug for Published<S> {
 /// assert_eq!(vm.get_dirty_log(0)?[1], 1 << 2); // page 0x42 = word 1, bit 2
 /// # Ok::<(), memslots::Error>(())
 /// ```
+///
+/// Sharing one `Reader` between threads does not compile (`Reader` is not `Sync`):
+///
+/// ```compile_fail,E0277
+/// use memslots::{Limits, Memslots};
+/// let vm = Memslots::new(Limits::default());
+/// let reader = vm.reader();
+/// std::thread::scope(|s| {
+///     s.spawn(|| drop(reader.read()));
+/// });
+/// ```
 pub struct Reader<S: Version = crate::MemslotSet> {
     published: Arc<Published<S>>,
     entry: Arc<ReaderEntry>,
+    flavour: ReadFlavour,
     cache: RefCell<ReaderCache<S>>,
 }
 
@@ -246,12 +545,15 @@ struct ReaderCache<S: Version> {
 }
 
 impl<S: Version> Reader<S> {
-    pub(crate) fn new(published: Arc<Published<S>>) -> Self {
-        let entry = published.register();
+    /// A reader of `flavour`, or of the fence flavour where membarrier is not available.
+    pub(crate) fn new(published: Arc<Published<S>>, flavour: ReadFlavour) -> Self {
+        let flavour = flavour.or_fallback();
+        let entry = published.register(flavour);
         let root = published.root();
         Self {
             published,
             entry,
+            flavour,
             cache: RefCell::new(ReaderCache {
                 root,
                 last_used: None,
@@ -274,7 +576,7 @@ impl<S: Version> Reader<S> {
         };
         let seq = self.entry.seq.load(Ordering::Relaxed) + 1;
         self.entry.seq.store(seq, Ordering::Relaxed);
-        self.published.fence();
+        self.published.entry_barrier(self.flavour);
         let version = self.published.version.load(Ordering::Acquire);
         if version != cache.root.version {
             cache.root = self.published.root();
@@ -299,6 +601,30 @@ impl<S: Version> Reader<S> {
     /// If this reader is already inside a section; use [`ReadGuard::mark_page_dirty`] there.
     pub fn mark_page_dirty(&self, as_id: u16, gfn: Gfn) {
         self.read().mark_page_dirty(as_id, gfn);
+    }
+
+    /// How this reader orders its sections (see [`ReadFlavour`]).
+    #[must_use]
+    pub fn flavour(&self) -> ReadFlavour {
+        self.flavour
+    }
+
+    /// Lets go of the version this reader keeps between sections (and its last-used slot), so
+    /// that an idle reader holds no version at all: call it before a vCPU blocks (a halt, a
+    /// paused VM), as a liburcu QSBR thread goes offline. The next section loads the current
+    /// version, as after a publication. Without it, an idle reader holds the version of its last
+    /// section, and whatever that version's slots own, until its next section.
+    ///
+    /// Time: O(1).
+    ///
+    /// # Panics
+    /// If this reader is inside a section.
+    pub fn quiesce(&self) {
+        let Ok(mut cache) = self.cache.try_borrow_mut() else {
+            panic!("Reader::quiesce called inside a section");
+        };
+        cache.root = Arc::clone(&self.published.idle_root);
+        cache.last_used = None;
     }
 }
 
@@ -328,7 +654,20 @@ impl<S: Version> fmt::Debug for Reader<S> {
 /// | [`gfn_to_memslot`](Self::gfn_to_memslot) | O(1) on a cache hit, O(log n) otherwise |
 /// | [`mark_page_dirty`](Self::mark_page_dirty) | as `gfn_to_memslot`, plus one atomic OR |
 /// | [`read_guest`](Self::read_guest), [`write_guest`](Self::write_guest) and the `_obj` forms | O(1) plus the copy inside the last-used slot, else as [`MemslotSet::read_guest`](crate::MemslotSet::read_guest) |
-/// | dropping it | O(1): one store |
+/// | dropping it | O(1): one store and one load (and a root load if a publication came meanwhile) |
+///
+/// A section ends on the thread that began it: sending a guard to another thread does not
+/// compile (`ReadGuard` is not `Send`):
+///
+/// ```compile_fail,E0277
+/// use memslots::{Limits, Memslots};
+/// let vm = Memslots::new(Limits::default());
+/// let reader = vm.reader();
+/// let guard = reader.read();
+/// std::thread::scope(|s| {
+///     s.spawn(move || drop(guard));
+/// });
+/// ```
 pub struct ReadGuard<'r, S: Version = crate::MemslotSet> {
     cache: RefMut<'r, ReaderCache<S>>,
     reader: &'r Reader<S>,
@@ -436,12 +775,30 @@ impl<S: Version> ReadGuard<'_, S> {
     }
 }
 
+impl<S: Version> ReadGuard<'_, S> {
+    /// The reload on leaving, out of line so that leaving stays one store, one load and a
+    /// compare that the caller's loop can inline.
+    #[cold]
+    #[inline(never)]
+    fn reload(published: &Published<S>, cache: &mut ReaderCache<S>) {
+        cache.root = published.root();
+        cache.last_used = None;
+    }
+}
+
 impl<S: Version> Drop for ReadGuard<'_, S> {
     #[inline]
     fn drop(&mut self) {
         #[cfg(all(debug_assertions, not(loom)))]
         section_tracking::leave(self.reader.published.identity());
+        let published = &*self.reader.published;
         self.reader.entry.seq.store(self.seq + 1, Ordering::Release);
+        // A publication came while this section was open: take the new root now rather than at
+        // the next entry, so that a reader going idle does not keep the old version alive. This
+        // is outside the section; the next entry checks the version as always.
+        if published.version.load(Ordering::Relaxed) != self.cache.root.version {
+            Self::reload(published, &mut self.cache);
+        }
     }
 }
 

@@ -18,6 +18,53 @@ pub(crate) use loom::sync::atomic::{fence, AtomicU64, Ordering};
 #[cfg(loom)]
 pub(crate) use loom::sync::{Mutex, MutexGuard};
 
+/// The reader's half of the asymmetric barrier (the membarrier flavour): no instruction, only a
+/// stop for the compiler, which may then not move the section's entry store past its version load.
+/// The hardware half is the writer's [`membarrier`]; the argument is in `reader.rs`.
+#[inline]
+pub(crate) fn compiler_barrier() {
+    std::sync::atomic::compiler_fence(Ordering::SeqCst);
+}
+
+/// Whether this process can use `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)`: asked of the
+/// kernel once per process (the command must be supported, and registering for it must succeed;
+/// a seccomp filter or an old kernel refuses), then remembered. Never under loom, which cannot
+/// model a barrier run on other threads' behalf.
+pub(crate) fn membarrier_available() -> bool {
+    #[cfg(all(not(loom), any(target_os = "linux", target_os = "android")))]
+    {
+        use rustix::thread::{membarrier_query, MembarrierCommand};
+        static REGISTERED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *REGISTERED.get_or_init(|| {
+            let query = membarrier_query();
+            query.contains_command(MembarrierCommand::PrivateExpedited)
+                && query.contains_command(MembarrierCommand::RegisterPrivateExpedited)
+                && rustix::thread::membarrier(MembarrierCommand::RegisterPrivateExpedited).is_ok()
+        })
+    }
+    #[cfg(not(all(not(loom), any(target_os = "linux", target_os = "android"))))]
+    false
+}
+
+/// The writer's half of the asymmetric barrier: every CPU currently running a thread of this
+/// process executes a full memory barrier before this returns (threads not running pass one when
+/// they are switched in). Costs a system call and an interrupt per such CPU: microseconds.
+///
+/// # Panics
+/// If the kernel refuses the command after [`membarrier_available`] said yes (it cannot: the
+/// only refusal is for a process that did not register, and registration is never undone). No
+/// fallback is possible there, since readers of this flavour rely on it for their ordering.
+pub(crate) fn membarrier() {
+    #[cfg(all(not(loom), any(target_os = "linux", target_os = "android")))]
+    if let Err(error) =
+        rustix::thread::membarrier(rustix::thread::MembarrierCommand::PrivateExpedited)
+    {
+        panic!("membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED) failed after registering: {error}");
+    }
+    #[cfg(not(all(not(loom), any(target_os = "linux", target_os = "android"))))]
+    unreachable!("no reader uses the membarrier flavour where membarrier is unavailable");
+}
+
 /// Locks `mutex`, ignoring poisoning: every structure behind our locks is replaced whole, never
 /// left half-changed, so a panic while holding one leaves it consistent.
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -67,6 +114,17 @@ impl<T> RootCell<T> {
         }
     }
 
+    /// The current value without touching its reference count in the common case (arc-swap's
+    /// debt slots); an `Arc` clone under loom.
+    pub(crate) fn load(&self) -> RootGuard<T> {
+        RootGuard {
+            #[cfg(not(loom))]
+            inner: self.cell.load(),
+            #[cfg(loom)]
+            inner: self.load_full(),
+        }
+    }
+
     pub(crate) fn load_full(&self) -> Arc<T> {
         #[cfg(not(loom))]
         return self.cell.load_full();
@@ -80,5 +138,35 @@ impl<T> RootCell<T> {
         return self.cell.swap(value);
         #[cfg(loom)]
         return core::mem::replace(&mut *lock(&self.cell), value);
+    }
+}
+
+/// A value loaded from a [`RootCell`]: keeps it alive as an `Arc` would, but taking and dropping
+/// it usually writes only to the loading thread's own arc-swap debt slot, not to the value's
+/// shared reference count. A thread has a few such slots; guards beyond them, or a guard
+/// cloned, hold a real count.
+pub(crate) struct RootGuard<T> {
+    #[cfg(not(loom))]
+    inner: arc_swap::Guard<Arc<T>>,
+    #[cfg(loom)]
+    inner: Arc<T>,
+}
+
+impl<T> Clone for RootGuard<T> {
+    fn clone(&self) -> Self {
+        let arc: &Arc<T> = &self.inner;
+        Self {
+            #[cfg(not(loom))]
+            inner: arc_swap::Guard::from_inner(Arc::clone(arc)),
+            #[cfg(loom)]
+            inner: Arc::clone(arc),
+        }
+    }
+}
+
+impl<T> core::ops::Deref for RootGuard<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.inner
     }
 }

@@ -8,7 +8,7 @@ use crate::change::Origin;
 use crate::error::Error;
 use crate::hooks::ArchHooks;
 use crate::publish::{Core, Transaction};
-use crate::reader::Reader;
+use crate::reader::{GracePeriod, ReadFlavour, Reader};
 use crate::set::MemslotSet;
 use crate::types::{ChangeKind, Limits, UserspaceMemoryRegion};
 use crate::view::MemslotStore;
@@ -158,22 +158,37 @@ impl<B: Send + Sync + 'static> Memslots<B> {
     /// at or above the user-slot limit, a misaligned size, gpa or hva, an hva or gpa range that
     /// wraps, a missing address space, too many pages, deleting a missing slot, changing an
     /// existing slot's hva, size or `READONLY` flag (all `EINVAL`), or a gfn range that overlaps
-    /// another slot of the address space (`EEXIST`). A failed request leaves every published
-    /// version, counter and generation as it was.
+    /// another slot of the address space (`EEXIST`). On a VM made by [`backed`](Self::backed), a
+    /// request that would create a slot is then refused with [`Error::BackingRequired`]
+    /// (`EINVAL`): create it with [`create_memory_region`](Self::create_memory_region). A failed
+    /// request leaves every published version, counter and generation as it was.
     ///
     /// The update follows the kernel's protocol: a Delete or Move first publishes the slot marked
     /// `INVALID` and waits a grace period; every publication is followed by a grace period; the
     /// [`ArchHooks`] run where the kernel calls its architecture code (see
-    /// [`Transaction::commit`]). When this returns, no reader is still inside a section that saw
-    /// the version from before the change.
+    /// [`Transaction::commit`]). In that form, when this returns, no reader is still inside a
+    /// section that saw the version from before the change.
+    ///
+    /// **Which form.** On a VM whose slots own no memory ([`new`](Self::new): the host range is
+    /// the caller's own mapping) and on every VM with hooks, this is the kernel-exact waiting form
+    /// described above: a caller may unmap or reuse the old host range as soon as this returns,
+    /// and hooks expect the kernel's points. On a [`backed`](Self::backed) VM without hooks it
+    /// publishes without waiting (as
+    /// [`publish_user_memory_region`](Self::publish_user_memory_region), dropping the grace
+    /// period), because waiting would protect nothing there: a backing lives as long as any
+    /// version, snapshot or reader can reach its slot, so no memory can go away under a vCPU, and
+    /// a vCPU preempted inside a section would otherwise stall the update for a scheduler time
+    /// slice. Such a VM that needs "no vCPU still sees the old layout" (before telling the guest
+    /// an unplug is done, say) calls [`synchronize`](Self::synchronize) after, or commits a
+    /// [`transaction`](Self::transaction), which always waits. Generations step the same in both
+    /// forms. In the non-waiting form the versions an update replaced, and a deleted slot's
+    /// backing, are freed at the writer's next [`poll_synchronize`](Self::poll_synchronize),
+    /// [`synchronize`](Self::synchronize) or waiting update once no reader holds them, not
+    /// inside the update.
     ///
     /// # Panics
     /// In debug builds, if called from inside a read-side section of this VM on the same thread
     /// (it would wait for itself forever).
-    ///
-    /// On a VM made by [`backed`](Self::backed), a request that would create a slot is refused
-    /// with [`Error::BackingRequired`] (EINVAL) once every kernel check has passed: create it with
-    /// [`create_memory_region`](Self::create_memory_region).
     pub fn set_user_memory_region(
         &self,
         region: UserspaceMemoryRegion,
@@ -225,6 +240,75 @@ impl<B: Send + Sync + 'static> Memslots<B> {
         self.core.update(&region, Origin::Internal)
     }
 
+    /// As [`set_user_memory_region`](Self::set_user_memory_region), but returns as soon as the
+    /// new version is published, without waiting for readers: with vCPUs preempted inside their
+    /// sections, the waiting form waits for the scheduler to run them again (milliseconds), this
+    /// one never. The returned [`GracePeriod`] ends once every section that could still see the
+    /// old version has ended; poll it ([`poll_synchronize`](Self::poll_synchronize)) or wait for
+    /// it before unmapping or reusing what the old layout pointed to. Old versions (and backings
+    /// only they reach) are freed by the next [`poll_synchronize`](Self::poll_synchronize),
+    /// [`synchronize`](Self::synchronize) or waiting update once the last reader has let go of
+    /// them, so that the update itself never pays for unmapping memory. See [`Transaction::publish`] for the steps (no `INVALID`
+    /// version without hooks; generations step as in the waiting form).
+    ///
+    /// Time: O(log n) plus O(readers) to start the grace period; no wait without hooks.
+    ///
+    /// # Errors
+    /// As [`set_user_memory_region`](Self::set_user_memory_region); a refused request publishes
+    /// nothing.
+    ///
+    /// ```
+    /// use memslots::{ChangeKind, Gfn, Limits, Memslots, MemFlags, UserspaceMemoryRegion};
+    /// let vm = Memslots::new(Limits::default());
+    /// let ram = UserspaceMemoryRegion::new(0, MemFlags::empty(), 0, 1 << 20, 0x7f00_0000_0000);
+    /// vm.set_user_memory_region(ram)?;
+    /// let reader = vm.reader();
+    /// let section = reader.read(); // a vCPU inside a section, using the old layout
+    /// let (kind, grace) = vm.publish_user_memory_region(UserspaceMemoryRegion::delete(0))?;
+    /// assert_eq!(kind, ChangeKind::Delete);
+    /// assert!(section.slots(0).find(Gfn(0)).is_some()); // still sees the slot
+    /// assert!(!vm.poll_synchronize(&grace));
+    /// drop(section);
+    /// assert!(vm.poll_synchronize(&grace)); // now no reader can see the old version
+    /// assert!(reader.read().slots(0).find(Gfn(0)).is_none());
+    /// # Ok::<(), memslots::Error>(())
+    /// ```
+    pub fn publish_user_memory_region(
+        &self,
+        region: UserspaceMemoryRegion,
+    ) -> Result<(ChangeKind, GracePeriod), Error> {
+        self.core.publish_update(&region, Origin::User)
+    }
+
+    /// As [`publish_user_memory_region`](Self::publish_user_memory_region), for an internal slot
+    /// (see [`set_internal_memory_region`](Self::set_internal_memory_region)).
+    ///
+    /// # Errors
+    /// As [`set_internal_memory_region`](Self::set_internal_memory_region).
+    pub fn publish_internal_memory_region(
+        &self,
+        region: UserspaceMemoryRegion,
+    ) -> Result<(ChangeKind, GracePeriod), Error> {
+        self.core.publish_update(&region, Origin::Internal)
+    }
+
+    /// Starts a grace period without waiting for it (the kernel's
+    /// `start_poll_synchronize_srcu`): it ends once every section open now has ended.
+    ///
+    /// Time: O(readers), plus a `membarrier` call if a reader uses that flavour.
+    pub fn start_grace_period(&self) -> GracePeriod {
+        self.core.start_grace_period()
+    }
+
+    /// Whether `grace` has ended (the kernel's `poll_state_synchronize_srcu`); also frees the
+    /// replaced versions that no reader holds any more, so that what they own is released
+    /// without waiting for the next update.
+    ///
+    /// Time: O(k) for the k sections `grace` waits for, plus O(retained versions).
+    pub fn poll_synchronize(&self, grace: &GracePeriod) -> bool {
+        self.core.poll_synchronize(grace)
+    }
+
     /// Starts a transaction: several requests validated in order and published as one version
     /// per address space. It holds the writer lock until committed or dropped.
     ///
@@ -239,12 +323,31 @@ impl<B: Send + Sync + 'static> Memslots<B> {
         self.core.transaction()
     }
 
-    /// A reader handle for one vCPU thread: lock-free, wait-free read-side sections.
+    /// A reader handle for one vCPU thread: lock-free, wait-free read-side sections, of the
+    /// VM's [`read_flavour`](Self::read_flavour).
     ///
     /// Time: O(readers): registering takes the registry lock once.
     #[must_use]
     pub fn reader(&self) -> Reader<MemslotSet<B>> {
         self.core.reader()
+    }
+
+    /// A reader handle of `flavour`; [`ReadFlavour::Membarrier`] gives the fence flavour where
+    /// the kernel does not offer `membarrier` (see [`Reader::flavour`]).
+    ///
+    /// Time: O(readers).
+    #[must_use]
+    pub fn reader_with_flavour(&self, flavour: ReadFlavour) -> Reader<MemslotSet<B>> {
+        self.core.reader_with_flavour(flavour)
+    }
+
+    /// The flavour [`reader`](Self::reader) gives: [`ReadFlavour::best`], chosen when the VM
+    /// was created.
+    ///
+    /// Time: O(1).
+    #[must_use]
+    pub fn read_flavour(&self) -> ReadFlavour {
+        self.core.read_flavour()
     }
 
     /// Waits until every read-side section that was open when it was called has ended (a grace
@@ -310,6 +413,12 @@ impl<B: Send + Sync + 'static> Memslots<B> {
     #[must_use]
     pub fn snapshot(&self, as_id: u16) -> Snapshot<MemslotSet<B>> {
         Snapshot(self.core.snapshot(as_id))
+    }
+
+    /// Every address space's current version, as a guard on the published root.
+    #[cfg(feature = "vm-memory")]
+    pub(crate) fn root_guard(&self) -> crate::sync::RootGuard<crate::publish::Root<MemslotSet<B>>> {
+        self.core.root_guard()
     }
 
     /// Every address space's current version, read from one published root.

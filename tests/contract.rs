@@ -2,8 +2,8 @@
 //! this test first.
 
 use memslots::{
-    ChangeKind, Diff, Error, Gfn, Gpa, Hva, Layout, Limits, MemFlags, Memslot, MemslotSet,
-    Memslots, SlotId, Snapshot, UserspaceMemoryRegion,
+    ChangeKind, Diff, Error, Gfn, Gpa, GracePeriod, Hva, Layout, Limits, MemFlags, Memslot,
+    MemslotSet, Memslots, ReadFlavour, SlotId, Snapshot, UserspaceMemoryRegion,
 };
 
 #[test]
@@ -86,4 +86,37 @@ fn the_public_contract_is_whole() {
     assert_eq!(layout.regions.len(), 1);
     let restored = Memslots::from_layout(Limits::default(), &layout).unwrap();
     assert_eq!(restored.layout(), layout);
+
+    // Issue 10: read-side flavours, grace-period cookies, non-waiting publication.
+    let flavour: ReadFlavour = vm.read_flavour();
+    assert_eq!(flavour, ReadFlavour::best());
+    assert_eq!(
+        ReadFlavour::best() == ReadFlavour::Membarrier,
+        ReadFlavour::membarrier_available()
+    );
+    let fenced = vm.reader_with_flavour(ReadFlavour::Fence);
+    assert_eq!(fenced.flavour(), ReadFlavour::Fence);
+    fenced.quiesce();
+    let grace: GracePeriod = vm.start_grace_period();
+    assert!(grace.is_done() && vm.poll_synchronize(&grace) && grace.sections() == 0);
+    grace.wait();
+    let (kind, grace) = vm
+        .publish_user_memory_region(UserspaceMemoryRegion::delete(1))
+        .unwrap();
+    assert_eq!(kind, ChangeKind::Delete);
+    assert!(grace.is_done());
+    let internal = UserspaceMemoryRegion::new(
+        u32::from(vm.limits().user_slots()),
+        MemFlags::empty(),
+        0,
+        0x1000,
+        0x7100_0000,
+    );
+    assert_eq!(
+        vm.publish_internal_memory_region(internal).unwrap().0,
+        ChangeKind::Create
+    );
+    let mut tx = vm.transaction();
+    tx.set_user_memory_region(ram).unwrap();
+    assert!(tx.publish().unwrap().is_done());
 }

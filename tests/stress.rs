@@ -1,27 +1,26 @@
 //! Readers check every version they see for internal consistency while a writer creates, moves,
-//! re-flags and deletes slots, alone and in transactions. Short by default; the long run is
-//! `cargo test --release --test stress -- --ignored`.
+//! re-flags and deletes slots, alone and in transactions, in the waiting form and in the
+//! non-waiting one (where readers also check that no grace period the writer saw end could still
+//! have been waiting for their section). Readers are of both flavours. Short by default; the long
+//! run is `cargo test --release --test stress -- --ignored`.
 
+#[path = "support/rng.rs"]
+mod rng;
+
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use memslots::{Gfn, Limits, MemFlags, MemslotSet, Memslots, UserspaceMemoryRegion};
+use memslots::{
+    Gfn, GracePeriod, Limits, MemFlags, MemslotSet, Memslots, ReadFlavour, UserspaceMemoryRegion,
+};
+use rng::XorShift;
 
 const PAGE: u64 = 4096;
 const IDS: u32 = 48;
-
-struct XorShift(u64);
-
-impl XorShift {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
+const MIN_UPDATES: u64 = 200;
 
 /// One random request over a small id and gfn space: every change kind happens often.
 fn request(rng: &mut XorShift) -> UserspaceMemoryRegion {
@@ -56,18 +55,24 @@ fn check_version(set: &MemslotSet) {
     }
 }
 
-fn churn(duration: Duration, readers: usize) {
+fn churn(duration: Duration, readers: usize, waiting: bool) {
     let vm = Arc::new(Memslots::new(Limits::default()));
     let stop = Arc::new(AtomicBool::new(false));
     let versions_seen = Arc::new(AtomicU64::new(0));
+    // Non-waiting form: every section that saw address space 0 at a generation below this has
+    // ended (the writer raises it when a grace period polls done).
+    let ended_below = Arc::new(AtomicU64::new(0));
     let handles: Vec<_> = (0..readers)
-        .map(|_| {
-            let reader = vm.reader();
+        .map(|n| {
+            let flavour = [ReadFlavour::Membarrier, ReadFlavour::Fence][n % 2];
+            let reader = vm.reader_with_flavour(flavour);
             let (stop, seen) = (Arc::clone(&stop), Arc::clone(&versions_seen));
+            let ended_below = Arc::clone(&ended_below);
             thread::spawn(move || {
                 let mut last = [0u64, 1];
                 while !stop.load(Ordering::Relaxed) {
                     let mut guard = reader.read();
+                    let seen_generation = guard.slots(0).generation();
                     for as_id in 0..2u16 {
                         let set = guard.slots(as_id);
                         let generation = set.generation();
@@ -89,6 +94,10 @@ fn churn(duration: Duration, readers: usize) {
                         assert_eq!(plain, cached);
                         guard.mark_page_dirty(0, Gfn(gfn));
                     }
+                    assert!(
+                        ended_below.load(Ordering::Acquire) <= seen_generation,
+                        "a grace period ended while a section that saw an older version was open"
+                    );
                 }
             })
         })
@@ -97,15 +106,45 @@ fn churn(duration: Duration, readers: usize) {
     let mut rng = XorShift(0x2545_f491_4f6c_dd1d);
     let started = Instant::now();
     let mut published = 0u64;
-    while started.elapsed() < duration {
-        if rng.below(8) == 0 {
+    let mut pending: VecDeque<(u64, GracePeriod)> = VecDeque::new();
+    // At least `MIN_UPDATES` however slow a loaded machine makes them, so the run never proves
+    // too little.
+    while started.elapsed() < duration || published < MIN_UPDATES {
+        let grace = if rng.below(8) == 0 {
             let mut tx = vm.transaction();
             for _ in 0..1 + rng.below(6) {
                 let _ = tx.set_user_memory_region(request(&mut rng));
             }
-            tx.commit().expect("no hooks to refuse");
-        } else {
+            if waiting {
+                tx.commit().expect("no hooks to refuse");
+                None
+            } else {
+                Some(tx.publish().expect("no hooks to refuse"))
+            }
+        } else if waiting {
             let _ = vm.set_user_memory_region(request(&mut rng));
+            None
+        } else {
+            vm.publish_user_memory_region(request(&mut rng))
+                .ok()
+                .map(|(_, grace)| grace)
+        };
+        if let Some(grace) = grace {
+            pending.push_back((vm.snapshot(0).generation(), grace));
+        }
+        // Grace periods end in order of their start; wait for one now and then, so that the
+        // writer sometimes runs ahead and sometimes catches up.
+        if pending.len() > 64 {
+            if let Some((_, grace)) = pending.front() {
+                grace.wait();
+            }
+        }
+        while let Some((generation, grace)) = pending.front() {
+            if !vm.poll_synchronize(grace) {
+                break;
+            }
+            ended_below.fetch_max(*generation, Ordering::Release);
+            pending.pop_front();
         }
         published += 1;
         if published % 64 == 0 {
@@ -118,10 +157,6 @@ fn churn(duration: Duration, readers: usize) {
     for h in handles {
         h.join().expect("a reader found an inconsistent version");
     }
-    assert!(
-        published > 100,
-        "the writer made too few updates: {published}"
-    );
     assert!(versions_seen.load(Ordering::Relaxed) > 0);
     for as_id in 0..2 {
         check_version(&vm.snapshot(as_id));
@@ -130,11 +165,17 @@ fn churn(duration: Duration, readers: usize) {
 
 #[test]
 fn readers_see_only_consistent_versions_small() {
-    churn(Duration::from_millis(1500), 2);
+    churn(Duration::from_millis(1500), 2, true);
+}
+
+#[test]
+fn non_waiting_publication_small() {
+    churn(Duration::from_millis(1500), 3, false);
 }
 
 #[test]
 #[ignore = "long: run with --release -- --ignored"]
 fn readers_see_only_consistent_versions_large() {
-    churn(Duration::from_secs(120), 4);
+    churn(Duration::from_secs(60), 4, true);
+    churn(Duration::from_secs(60), 4, false);
 }
