@@ -154,7 +154,11 @@ impl Run {
         };
         if let Scale::Many { prefill } = scale {
             let page = limits.page_size();
-            run.steps.extend((0..u64::from(prefill)).map(|i| {
+            // In descending id order: each full node then splits in halves and the trees are
+            // left with nodes at their minimum fill, which the first deletes merge. (In id order,
+            // as a VMM creates slots, the trees' nodes end up full, and a run's deletes seldom
+            // empty one far enough to merge it; the trees' own tests cover that shape.)
+            run.steps.extend((0..u64::from(prefill)).rev().map(|i| {
                 let flags = if i % 4 == 1 {
                     MemFlags::LOG_DIRTY_PAGES
                 } else {
