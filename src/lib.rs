@@ -73,6 +73,9 @@
 //! - `vm-memory`: `Layout::from_guest_memory` builds a layout from a rust-vmm
 //!   `GuestMemoryMmap` (or any `GuestMemoryBackend`), and `MemslotSet::guest_regions` lists a
 //!   version as vm-memory regions.
+//! - `kvm-bindings`: `From` conversions between [`UserspaceMemoryRegion`] and kvm-bindings'
+//!   `kvm_userspace_memory_region`, for passing requests to `kvm-ioctls` (the `memslots-kvm`
+//!   crate of this workspace drives a KVM VM that way).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 #![doc(test(attr(deny(warnings))))]
@@ -85,6 +88,8 @@ mod error;
 mod hooks;
 #[cfg(feature = "vm-memory")]
 mod interop;
+#[cfg(feature = "kvm-bindings")]
+mod kvm_uapi;
 mod layout;
 mod listener;
 mod publish;
@@ -98,6 +103,7 @@ mod view;
 mod vm;
 
 pub use diff::{Changes, Diff};
+pub use dirty::DirtyLogMode;
 pub use error::{errno, Error, LimitsError, SlotField};
 pub use hooks::{ArchHooks, HookError, NoHooks};
 #[cfg(feature = "vm-memory")]

@@ -57,6 +57,8 @@ fn none_per_space<T, U>(like: &Spaces<U>) -> Spaces<Option<T>> {
 pub(crate) struct WriterState {
     /// Pages of every slot in every address space (`nr_memslot_pages`).
     vm_pages: u64,
+    /// `KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2`'s setting (`manual_dirty_log_protect`).
+    pub(crate) dirty_log: crate::dirty::DirtyLogMode,
 }
 
 /// A VM's published memslots and its writer side.
@@ -281,6 +283,7 @@ impl<S: Version> Transaction<'_, S> {
         }
         let id = plan.slot.id;
         let old = space.get(id).cloned();
+        crate::dirty::arm_new_bitmap(self.writer.dirty_log, old.as_ref(), plan.new.as_ref());
         space.replace(id, plan.new.clone());
         match plan.kind {
             ChangeKind::Create => self.vm_pages += checked.npages,
