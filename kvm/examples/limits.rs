@@ -5,5 +5,8 @@ fn main() {
         Err(e) => return println!("no usable /dev/kvm: {e}"),
     };
     let vm = kvm.create_vm().expect("KVM_CREATE_VM");
-    println!("{:#x?}", memslots_kvm::probe_limits(&kvm, &vm).expect("probing"));
+    println!(
+        "{:#x?}",
+        memslots_kvm::probe_limits(&kvm, &vm).expect("probing")
+    );
 }

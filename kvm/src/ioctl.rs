@@ -23,17 +23,16 @@ const IOC_READ: u64 = 2;
 /// `KVM_GET_DIRTY_LOG`: `_IOW(KVMIO, 0x42, struct kvm_dirty_log)`.
 const KVM_GET_DIRTY_LOG: u64 = kvm_ioc(IOC_WRITE, 0x42, size_of::<kvm_dirty_log>());
 /// `KVM_CLEAR_DIRTY_LOG`: `_IOWR(KVMIO, 0xc0, struct kvm_clear_dirty_log)`.
-const KVM_CLEAR_DIRTY_LOG: u64 = kvm_ioc(
-    IOC_WRITE | IOC_READ,
-    0xc0,
-    size_of::<kvm_clear_dirty_log>(),
-);
+const KVM_CLEAR_DIRTY_LOG: u64 =
+    kvm_ioc(IOC_WRITE | IOC_READ, 0xc0, size_of::<kvm_clear_dirty_log>());
 
 /// The positive errno of a failed call.
 pub type Errno = i32;
 
 fn last_errno() -> Errno {
-    std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
+    std::io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
 }
 
 /// `KVM_SET_USER_MEMORY_REGION`.

@@ -30,7 +30,9 @@ pub fn probe_limits(kvm: &Kvm, vm: &VmFd) -> Result<Limits, kvm_ioctls::Error> {
         .ok()
         .filter(|&n| n > 0)
         .unwrap_or(Limits::default().user_slots());
-    let total = user.saturating_add(X86_INTERNAL_SLOTS).min(Limits::MAX_SLOTS);
+    let total = user
+        .saturating_add(X86_INTERNAL_SLOTS)
+        .min(Limits::MAX_SLOTS);
     let spaces = vm
         .check_extension_raw(KVM_CAP_MULTI_ADDRESS_SPACE.into())
         .clamp(1, memslots::MAX_ADDRESS_SPACES as i32) as u16;
