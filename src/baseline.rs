@@ -87,6 +87,8 @@ impl fmt::Debug for ArraySet {
 }
 
 impl Version for ArraySet {
+    type Slot = Memslot;
+
     fn empty(as_id: u16, generation: u64, limits: &Limits) -> Self {
         Self {
             slots: Vec::new(),
@@ -120,9 +122,16 @@ impl Version for ArraySet {
     fn set_generation(&mut self, generation: u64) {
         self.generation = generation;
     }
+
+    #[inline]
+    fn find_slot(&self, gfn: Gfn) -> Option<&Memslot> {
+        self.find(gfn)
+    }
 }
 
 impl SlotLookup for ArraySet {
+    type Backing = ();
+
     fn slot(&self, id: u16) -> Option<&Memslot> {
         self.get(id)
     }
@@ -138,6 +147,7 @@ impl SlotLookup for ArraySet {
 }
 
 impl MemslotRead for ArraySet {
+    type Backing = ();
     fn as_id(&self) -> u16 {
         self.as_id
     }
@@ -224,7 +234,7 @@ impl ArrayMemslots {
     #[must_use]
     pub fn new(limits: Limits) -> Self {
         Self {
-            core: Core::new(limits),
+            core: Core::new(limits, Some(std::sync::Arc::new(()))),
         }
     }
 

@@ -5,6 +5,8 @@
 //! `kvm_set_memory_region` (`virt/kvm/kvm_main.c`): first the checks that need no state
 //! ([`check`]), then the ones against the address space's current version ([`classify`]).
 
+use std::sync::Arc;
+
 use crate::error::{Error, SlotField};
 use crate::slot::Memslot;
 use crate::types::{ChangeKind, Gfn, Hva, Limits, MemFlags, SlotId, UserspaceMemoryRegion};
@@ -30,19 +32,21 @@ pub(crate) struct Checked {
 /// What validation needs to see of one address space's current version (public in name only:
 /// this module is private).
 pub trait SlotLookup {
+    /// What the slots carry.
+    type Backing;
     /// The slot with this id.
-    fn slot(&self, id: u16) -> Option<&Memslot>;
+    fn slot(&self, id: u16) -> Option<&Memslot<Self::Backing>>;
     /// A slot other than `id` whose gfn range intersects `[start, end)`.
-    fn overlapping(&self, id: u16, start: Gfn, end: Gfn) -> Option<&Memslot>;
+    fn overlapping(&self, id: u16, start: Gfn, end: Gfn) -> Option<&Memslot<Self::Backing>>;
 }
 
 /// A validated request: what kind of change it is and the slot it installs (none for Delete and
 /// Unchanged).
 #[derive(Debug)]
-pub(crate) struct Plan {
+pub(crate) struct Plan<B> {
     pub(crate) slot: SlotId,
     pub(crate) kind: ChangeKind,
-    pub(crate) new: Option<Memslot>,
+    pub(crate) new: Option<Memslot<B>>,
 }
 
 /// The checks that need no state: ioctl entry (steps 0c, 0d) and `kvm_set_memory_region` steps
@@ -165,13 +169,16 @@ pub(crate) fn check_slot_in_range(
 
 /// The checks against the address space's current version (`kvm_set_memory_region` steps 9 to
 /// 13): decides the change kind and builds the new slot. `vm_pages` is the VM's page count over
-/// all address spaces (`nr_memslot_pages`).
-pub(crate) fn classify(
+/// all address spaces (`nr_memslot_pages`). `backing` is what a created slot carries; a Create
+/// without one is refused after every kernel check has passed, so the errno of a request KVM
+/// would refuse is KVM's.
+pub(crate) fn classify<S: SlotLookup + ?Sized>(
     limits: &Limits,
     req: Checked,
-    space: &impl SlotLookup,
+    space: &S,
     vm_pages: u64,
-) -> Result<Plan, Error> {
+    backing: Option<Arc<S::Backing>>,
+) -> Result<Plan<S::Backing>, Error> {
     let Checked {
         slot,
         flags,
@@ -240,17 +247,19 @@ pub(crate) fn classify(
     let new = match (kind, old) {
         (ChangeKind::Unchanged, _) => None,
         (_, Some(old)) => Some(old.changed(base_gfn, flags)),
-        (_, None) => Some(
-            Memslot::new(
+        (_, None) => {
+            let backing = backing.ok_or(Error::BackingRequired { slot })?;
+            let slot = Memslot::new(
                 slot,
                 base_gfn,
                 npages,
                 userspace_addr,
                 MemFlags::empty(),
                 limits.page_shift(),
-            )
-            .changed(base_gfn, flags),
-        ),
+                backing,
+            );
+            Some(slot.changed(base_gfn, flags))
+        }
     };
     Ok(Plan { slot, kind, new })
 }
@@ -265,6 +274,7 @@ mod tests {
     struct Space(Vec<Memslot>);
 
     impl SlotLookup for Space {
+        type Backing = ();
         fn slot(&self, id: u16) -> Option<&Memslot> {
             self.0.iter().find(|s| s.id() == id)
         }
@@ -288,13 +298,13 @@ mod tests {
     fn run(space: &Space, r: UserspaceMemoryRegion) -> Result<ChangeKind, Error> {
         let limits = Limits::default();
         let checked = check(&limits, &r, Origin::User)?;
-        classify(&limits, checked, space, 0).map(|p| p.kind)
+        classify(&limits, checked, space, 0, Some(Arc::new(()))).map(|p| p.kind)
     }
 
     fn existing() -> Space {
         let l = Limits::default();
         let c = check(&l, &req(1, 0, 0x10000, 4 * PAGE, 0x100000), Origin::User).unwrap();
-        let p = classify(&l, c, &Space(vec![]), 0).unwrap();
+        let p = classify(&l, c, &Space(vec![]), 0, Some(Arc::new(()))).unwrap();
         Space(vec![p.new.unwrap()])
     }
 
@@ -340,7 +350,8 @@ mod tests {
         const LIMIT: u64 = Limits::X86_64_USER_ADDRESS_LIMIT;
         let limits = Limits::default().with_user_address_limit(Some(LIMIT));
         let on = |r: UserspaceMemoryRegion| {
-            check(&limits, &r, Origin::User).and_then(|c| classify(&limits, c, &existing(), 0))
+            check(&limits, &r, Origin::User)
+                .and_then(|c| classify(&limits, c, &existing(), 0, Some(Arc::new(()))))
         };
         // Ending exactly at the limit is fine; one page further is not, for creates and deletes.
         assert!(on(req(2, 0, 0, 2 * PAGE, LIMIT - 2 * PAGE)).is_ok());
@@ -375,7 +386,8 @@ mod tests {
         let limits = Limits::default().with_max_gfn(Some(max));
         let s = existing();
         let on = |r: UserspaceMemoryRegion| {
-            check(&limits, &r, Origin::User).and_then(|c| classify(&limits, c, &s, 0))
+            check(&limits, &r, Origin::User)
+                .and_then(|c| classify(&limits, c, &s, 0, Some(Arc::new(()))))
         };
         let top = max.0 << 12;
         assert_eq!(
@@ -398,10 +410,11 @@ mod tests {
             Hva(0),
             MemFlags::empty(),
             12,
+            Arc::new(()),
         )]);
         let kind = |r| {
             let c = check(&limits, &r, Origin::User)?;
-            classify(&limits, c, &slots, 1).map(|p| p.kind)
+            classify(&limits, c, &slots, 1, Some(Arc::new(()))).map(|p| p.kind)
         };
         assert_eq!(
             kind(req(3, 1, past << 12, PAGE, 0)),

@@ -77,7 +77,7 @@ impl<'a, T> Diff<'a, T> {
     }
 }
 
-impl MemslotSet {
+impl<B: 'static> MemslotSet<B> {
     /// The slots that differ between this version (old) and `other` (new), in ascending slot id
     /// order: [`Added`](Diff::Added), [`Removed`](Diff::Removed) and [`Changed`](Diff::Changed).
     ///
@@ -116,14 +116,17 @@ impl MemslotSet {
     /// # Ok::<(), memslots::Error>(())
     /// ```
     #[must_use]
-    pub fn diff<'a>(&'a self, other: &'a MemslotSet) -> Changes<'a> {
+    pub fn diff<'a>(&'a self, other: &'a MemslotSet<B>) -> Changes<'a, B> {
         // Slots are shared between versions by `Arc`: the same pointer is the same slot.
-        let same_arc: fn(&Arc<Memslot>, &Arc<Memslot>) -> bool = Arc::ptr_eq;
+        let same_arc: SameSlot<B> = Arc::ptr_eq;
         Changes {
             inner: self.by_id().diff_by(other.by_id(), same_arc),
         }
     }
 }
+
+/// Whether two tree entries are the very same slot.
+type SameSlot<B> = fn(&Arc<Memslot<B>>, &Arc<Memslot<B>>) -> bool;
 
 /// The differences between two [`MemslotSet`]s, in ascending slot id order.
 ///
@@ -134,11 +137,11 @@ impl MemslotSet {
 /// | the whole walk | O((k + 1) log n) for k differences between related versions, O(n) at worst |
 /// | [`next`](Iterator::next) | O(log n) amortized over related versions; no allocation |
 /// | [`nodes_visited`](Self::nodes_visited) | O(1) |
-pub struct Changes<'a> {
-    inner: tree::Diff<'a, u16, Arc<Memslot>, (), { tree::DEFAULT_B }>,
+pub struct Changes<'a, B = ()> {
+    inner: tree::Diff<'a, u16, Arc<Memslot<B>>, (), { tree::DEFAULT_B }>,
 }
 
-impl Changes<'_> {
+impl<B> Changes<'_, B> {
     /// Tree nodes opened so far in both versions together: the work the walk has done. Two
     /// versions that differ in one slot open a few nodes per tree level; two unrelated versions
     /// with the same slots open every node of both.
@@ -161,10 +164,10 @@ impl Changes<'_> {
     }
 }
 
-impl<'a> Iterator for Changes<'a> {
-    type Item = Diff<'a>;
+impl<'a, B: 'static> Iterator for Changes<'a, B> {
+    type Item = Diff<'a, Memslot<B>>;
 
-    fn next(&mut self) -> Option<Diff<'a>> {
+    fn next(&mut self) -> Option<Diff<'a, Memslot<B>>> {
         loop {
             return Some(match self.inner.next()? {
                 DiffItem::Add(_, new) => Diff::Added(new),
@@ -177,9 +180,9 @@ impl<'a> Iterator for Changes<'a> {
     }
 }
 
-impl FusedIterator for Changes<'_> {}
+impl<B: 'static> FusedIterator for Changes<'_, B> {}
 
-impl fmt::Debug for Changes<'_> {
+impl<B> fmt::Debug for Changes<'_, B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Changes")
             .field("nodes_visited", &self.nodes_visited())

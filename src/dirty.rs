@@ -4,7 +4,7 @@
 
 use crate::change::check_slot_in_range;
 use crate::error::Error;
-use crate::publish::{Core, Version};
+use crate::publish::{BackingOf, Core, Version};
 use crate::slot::Memslot;
 use crate::types::SlotId;
 
@@ -98,7 +98,11 @@ impl DirtyLogMode {
 
 /// With `KVM_DIRTY_LOG_INITIALLY_SET`, a bitmap allocated for a change (logging turned on, so
 /// `old` had none) starts all set, as `kvm_prepare_memory_region` does.
-pub(crate) fn arm_new_bitmap(mode: DirtyLogMode, old: Option<&Memslot>, new: Option<&Memslot>) {
+pub(crate) fn arm_new_bitmap<B>(
+    mode: DirtyLogMode,
+    old: Option<&Memslot<B>>,
+    new: Option<&Memslot<B>>,
+) {
     if !mode.initially_set() || old.and_then(Memslot::dirty_bitmap).is_some() {
         return;
     }
@@ -117,7 +121,7 @@ impl<S: Version> Core<S> {
     }
 
     /// The slot and its bitmap, or ENOENT.
-    fn logging_slot(set: &S, slot: SlotId) -> Result<&Memslot, Error> {
+    fn logging_slot(set: &S, slot: SlotId) -> Result<&Memslot<BackingOf<S>>, Error> {
         let found = set.get(slot.id).ok_or(Error::SlotNotFound { slot })?;
         if found.dirty_bitmap().is_none() {
             return Err(Error::DirtyLogDisabled { slot });

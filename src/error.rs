@@ -257,6 +257,68 @@ pub enum Error {
     /// [`Limits`](crate::Limits) were given a value the kernel could not have (EINVAL).
     #[error("invalid limits: {0}")]
     InvalidLimits(LimitsError),
+    /// A request would create a slot, but no backing was given for it: on a VM whose slots carry
+    /// backings, slots are created with `create_memory_region` (EINVAL).
+    #[error("slot {slot} would be created without a backing: use create_memory_region")]
+    BackingRequired {
+        /// The slot the request would create.
+        slot: SlotId,
+    },
+    /// `create_memory_region` named a slot that already exists (EEXIST): move, re-flag or delete
+    /// it with `set_user_memory_region`.
+    #[error("slot {slot} already exists")]
+    SlotExists {
+        /// The slot asked for.
+        slot: SlotId,
+    },
+    /// A byte access reached a guest physical address that no slot holds (EFAULT, as
+    /// `kvm_read_guest` and `kvm_write_guest` answer it).
+    #[error("no slot holds guest physical address {gpa:#x}")]
+    Unmapped {
+        /// The first address no slot holds.
+        gpa: u64,
+    },
+    /// A byte access reached a slot that is being deleted or moved (`INVALID`): its memory may
+    /// not be used any more (EFAULT).
+    #[error("guest physical address {gpa:#x} is in slot {slot}, which is being deleted or moved")]
+    SlotInvalid {
+        /// The first address in the slot.
+        gpa: u64,
+        /// The slot.
+        slot: SlotId,
+    },
+    /// A write reached a `READONLY` slot (EFAULT, as `kvm_write_guest` answers it).
+    #[error("guest physical address {gpa:#x} is in read-only slot {slot}")]
+    ReadOnlyWrite {
+        /// The first address in the slot.
+        gpa: u64,
+        /// The slot.
+        slot: SlotId,
+    },
+    /// A byte access reached past the end of its slot's backing, which is shorter than the slot
+    /// (EFAULT).
+    #[error(
+        "guest physical address {gpa:#x} is past the {backing_len}-byte backing of slot {slot}"
+    )]
+    BackingTooShort {
+        /// The first address of the part that does not fit.
+        gpa: u64,
+        /// The slot.
+        slot: SlotId,
+        /// The backing's length in bytes.
+        backing_len: usize,
+    },
+    /// A byte access of `len` bytes at `gpa` runs past the end of the guest physical address
+    /// space (EFAULT).
+    #[error(
+        "{len} bytes at guest physical address {gpa:#x} run past the end of the address space"
+    )]
+    AccessWraps {
+        /// The access's first address.
+        gpa: u64,
+        /// Its length.
+        len: usize,
+    },
     /// A [`Layout`](crate::Layout) lists the same address space and slot id twice (EINVAL, as
     /// for any malformed argument).
     #[error("slot {slot} is listed twice in the layout")]
@@ -286,9 +348,14 @@ impl Error {
     #[must_use]
     pub fn errno(&self) -> i32 {
         match self {
-            Self::Overlap { .. } => errno::EEXIST,
+            Self::Overlap { .. } | Self::SlotExists { .. } => errno::EEXIST,
             Self::SlotNotFound { .. } | Self::DirtyLogDisabled { .. } => errno::ENOENT,
-            Self::MaskTooShort { .. } => errno::EFAULT,
+            Self::MaskTooShort { .. }
+            | Self::Unmapped { .. }
+            | Self::SlotInvalid { .. }
+            | Self::ReadOnlyWrite { .. }
+            | Self::BackingTooShort { .. }
+            | Self::AccessWraps { .. } => errno::EFAULT,
             Self::Hook(hook) => hook.errno,
             Self::UnalignedDirtyRange { .. } | Self::DirtyRangeOutOfSlot { .. } => errno::EINVAL,
             Self::InvalidFlags { .. }
@@ -307,7 +374,9 @@ impl Error {
             | Self::PageCountOverflow { .. }
             | Self::ImmutableField { .. }
             | Self::InvalidLimits(_) => errno::EINVAL,
-            Self::DuplicateSlot { .. } | Self::EmptySlot { .. } => errno::EINVAL,
+            Self::DuplicateSlot { .. } | Self::EmptySlot { .. } | Self::BackingRequired { .. } => {
+                errno::EINVAL
+            }
         }
     }
 }

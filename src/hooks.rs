@@ -76,15 +76,15 @@ impl std::error::Error for HookError {}
 /// assert_eq!(vm.set_user_memory_region(big).unwrap_err().errno(), 12);
 /// assert!(vm.snapshot(0).is_empty());
 /// ```
-pub trait ArchHooks: Send + Sync {
+pub trait ArchHooks<B = ()>: Send + Sync {
     /// Called before a change is published; an error refuses it.
     ///
     /// # Errors
     /// The refusal, passed to the caller as [`Error::Hook`](crate::Error::Hook).
     fn prepare(
         &self,
-        old: Option<&Memslot>,
-        new: Option<&Memslot>,
+        old: Option<&Memslot<B>>,
+        new: Option<&Memslot<B>>,
         change: ChangeKind,
     ) -> Result<(), HookError> {
         let _ = (old, new, change);
@@ -92,13 +92,13 @@ pub trait ArchHooks: Send + Sync {
     }
 
     /// Called after the change is published and a grace period has passed.
-    fn commit(&self, old: Option<&Memslot>, new: Option<&Memslot>, change: ChangeKind) {
+    fn commit(&self, old: Option<&Memslot<B>>, new: Option<&Memslot<B>>, change: ChangeKind) {
         let _ = (old, new, change);
     }
 
     /// Called for a slot being deleted or moved, once readers can no longer translate through
     /// it: drop every mapping derived from it.
-    fn flush_shadow(&self, slot: &Memslot) {
+    fn flush_shadow(&self, slot: &Memslot<B>) {
         let _ = slot;
     }
 }
@@ -107,4 +107,4 @@ pub trait ArchHooks: Send + Sync {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct NoHooks;
 
-impl ArchHooks for NoHooks {}
+impl<B> ArchHooks<B> for NoHooks {}

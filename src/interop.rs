@@ -1,15 +1,34 @@
-//! Interoperation with rust-vmm's `vm-memory` (feature `vm-memory`): a [`Layout`] from a
-//! [`GuestMemoryBackend`] such as `GuestMemoryMmap`, and a version's slots as vm-memory's
-//! `(GuestAddress, length, host address)` triples.
+//! Interoperation with rust-vmm's `vm-memory` 0.18 (feature `vm-memory`).
+//!
+//! - A version whose slots are backed by vm-memory's [`VolatileMemory`] (an `MmapRegion`, with
+//!   the `vm-memory-mmap` feature) is a [`GuestMemoryBackend`]: its regions are its slots,
+//!   `find_region` is the gfn tree's O(log n) search, and vm-memory's blanket impls make it a
+//!   `GuestMemory` with `Bytes<GuestAddress>`, so virtio-queue and every rust-vmm device read and
+//!   write guest memory through it unchanged.
+//! - [`Memslots`] is then a [`GuestAddressSpace`]: `memory()` is a snapshot of address space 0,
+//!   one consistent version that later updates never change.
+//! - A [`Layout`] from any [`GuestMemoryBackend`] such as `GuestMemoryMmap`, and a version's
+//!   slots as `(GuestAddress, length, host address)` triples.
+//!
+//! vm-memory's regions have no access rights: writes through its traits reach `READONLY` slots,
+//! and dirty pages are tracked by the backing's own vm-memory bitmap (an `MmapRegion<B>`'s `B`),
+//! not by the slot's dirty log. Slots being deleted or moved (`INVALID`) are not regions. The
+//! crate's own byte access ([`MemslotSet::write_guest`] and its kin) applies KVM's rules.
 
 use core::fmt;
 use core::iter::FusedIterator;
 
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion, GuestUsize};
+use vm_memory::bitmap::BS;
+use vm_memory::{
+    GuestAddress, GuestAddressSpace, GuestMemoryBackend, GuestMemoryError, GuestMemoryRegion,
+    GuestMemoryRegionBytes, GuestUsize, MemoryRegionAddress, VolatileMemory, VolatileSlice,
+};
 
 use crate::layout::Layout;
 use crate::set::{Iter, MemslotSet};
-use crate::types::{Hva, MemFlags, UserspaceMemoryRegion};
+use crate::slot::Memslot;
+use crate::types::{Gfn, Gpa, Hva, MemFlags, UserspaceMemoryRegion};
+use crate::vm::{Memslots, Snapshot};
 
 /// Why [`Layout::from_guest_memory`] could not describe a guest memory.
 ///
@@ -51,6 +70,7 @@ impl Layout {
     /// [`FromGuestMemoryError::TooManyRegions`] for more than 65536 regions.
     ///
     /// ```
+    /// # #[cfg(feature = "vm-memory-mmap")] {
     /// use memslots::{Gfn, Hva, Layout, Limits, Memslots};
     /// use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
     ///
@@ -66,6 +86,7 @@ impl Layout {
     /// let host = memory.get_host_address(GuestAddress(0x1000_3000)).expect("mapped");
     /// let slot = slots.find(Gfn(0x1_0003)).expect("a slot");
     /// assert_eq!((slot.id(), slot.gfn_to_hva(Gfn(0x1_0003))), (1, Some(Hva(host.addr() as u64))));
+    /// # }
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn from_guest_memory<M>(memory: &M) -> Result<Layout, FromGuestMemoryError>
@@ -164,5 +185,144 @@ impl fmt::Debug for GuestRegions<'_> {
         f.debug_struct("GuestRegions")
             .field("remaining", &self.slots.len())
             .finish()
+    }
+}
+
+impl From<GuestAddress> for Gpa {
+    fn from(addr: GuestAddress) -> Self {
+        Gpa(addr.0)
+    }
+}
+
+impl From<Gpa> for GuestAddress {
+    fn from(gpa: Gpa) -> Self {
+        GuestAddress(gpa.0)
+    }
+}
+
+/// A slot is a vm-memory region: `start_addr` its first guest physical address, `len` its size,
+/// its bytes those of its backing (which should be at least as long: a range past the backing's
+/// end is an error, never an access).
+impl<B> GuestMemoryRegion for Memslot<B>
+where
+    B: VolatileMemory + Send + Sync + 'static,
+{
+    type B = <B as VolatileMemory>::B;
+
+    fn len(&self) -> GuestUsize {
+        self.size()
+    }
+
+    fn start_addr(&self) -> GuestAddress {
+        GuestAddress(self.base_gfn().0 << self.page_shift())
+    }
+
+    fn bitmap(&self) -> BS<'_, Self::B> {
+        self.backing().as_volatile_slice().bitmap().clone()
+    }
+
+    fn get_host_address(
+        &self,
+        addr: MemoryRegionAddress,
+    ) -> vm_memory::guest_memory::Result<*mut u8> {
+        Ok(self.get_slice(addr, 1)?.ptr_guard_mut().as_ptr())
+    }
+
+    fn get_slice(
+        &self,
+        offset: MemoryRegionAddress,
+        count: usize,
+    ) -> vm_memory::guest_memory::Result<VolatileSlice<'_, BS<'_, Self::B>>> {
+        let end = offset.0.checked_add(count as u64);
+        if end.is_none_or(|end| end > self.size()) {
+            return Err(GuestMemoryError::InvalidBackendAddress);
+        }
+        let start =
+            usize::try_from(offset.0).map_err(|_| GuestMemoryError::InvalidBackendAddress)?;
+        Ok(self.backing().get_slice(start, count)?)
+    }
+}
+
+impl<B> GuestMemoryRegionBytes for Memslot<B> where B: VolatileMemory + Send + Sync + 'static {}
+
+/// A version is a vm-memory guest memory whose regions are its slots.
+///
+/// | operation | cost |
+/// |---|---|
+/// | [`find_region`](GuestMemoryBackend::find_region) | O(log n): the gfn tree, not vm-memory's linear default |
+/// | [`iter`](GuestMemoryBackend::iter) | O(n) for all |
+/// | `Bytes<GuestAddress>` accesses | O(log n) per region spanned, plus the copy |
+///
+/// ```
+/// # #[cfg(feature = "vm-memory-mmap")] {
+/// use memslots::{Limits, MemFlags, Memslots, UserspaceMemoryRegion};
+/// use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, MmapRegion};
+///
+/// let vm: Memslots<MmapRegion> = Memslots::backed(Limits::default());
+/// let ram = MmapRegion::new(0x10000).expect("anonymous memory");
+/// let hva = ram.as_ptr() as u64;
+/// vm.create_memory_region(UserspaceMemoryRegion::new(0, MemFlags::empty(), 0x10_0000, 0x10000, hva), ram)?;
+///
+/// // A rust-vmm device sees a GuestAddressSpace.
+/// let mem = vm.memory();
+/// mem.write_obj(0xabcd_u16, GuestAddress(0x10_0ffe)).expect("mapped");
+/// assert_eq!(mem.read_obj::<u16>(GuestAddress(0x10_0ffe)).expect("mapped"), 0xabcd);
+/// assert!(mem.read_obj::<u16>(GuestAddress(0x20_0000)).is_err());
+/// # }
+/// # Ok::<(), memslots::Error>(())
+/// ```
+impl<B> GuestMemoryBackend for MemslotSet<B>
+where
+    B: VolatileMemory + Send + Sync + 'static,
+{
+    type R = Memslot<B>;
+
+    fn find_region(&self, addr: GuestAddress) -> Option<&Memslot<B>> {
+        self.find(Gfn(addr.0 >> self.page_shift()))
+            .filter(|slot| !slot.is_invalid())
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Memslot<B>> {
+        MemslotSet::iter(self).filter(|slot| !slot.is_invalid())
+    }
+}
+
+/// A VM is a vm-memory address space: [`memory`](GuestAddressSpace::memory) is a snapshot of
+/// address space 0 (`O(1)`), a consistent version that later updates never change, kept as long
+/// as the device holds it (it holds memory, not readers: no grace period waits for it).
+impl<B> GuestAddressSpace for Memslots<B>
+where
+    B: VolatileMemory + Send + Sync + 'static,
+{
+    type M = MemslotSet<B>;
+    type T = Snapshot<MemslotSet<B>>;
+
+    fn memory(&self) -> Snapshot<MemslotSet<B>> {
+        self.snapshot(0)
+    }
+}
+
+/// vm-memory's mmap regions are backings for the crate's own byte access too.
+#[cfg(feature = "vm-memory-mmap")]
+impl<BM> crate::backing::Backing for vm_memory::MmapRegion<BM>
+where
+    BM: vm_memory::bitmap::Bitmap + Send + Sync + 'static,
+{
+    fn len(&self) -> usize {
+        self.size()
+    }
+
+    fn read_at(&self, offset: usize, buf: &mut [u8]) {
+        use vm_memory::Bytes;
+        self.as_volatile_slice()
+            .read_slice(buf, offset)
+            .expect("the crate reads only inside the backing");
+    }
+
+    fn write_at(&self, offset: usize, data: &[u8]) {
+        use vm_memory::Bytes;
+        self.as_volatile_slice()
+            .write_slice(data, offset)
+            .expect("the crate writes only inside the backing");
     }
 }

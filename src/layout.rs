@@ -120,7 +120,7 @@ impl Layout {
     }
 }
 
-impl From<&Memslot> for UserspaceMemoryRegion {
+impl<B> From<&Memslot<B>> for UserspaceMemoryRegion {
     /// The request that creates `slot` as it is. A slot caught in the middle of a delete or move
     /// (`INVALID`) is described as it was before: the internal flag is left out.
     ///
@@ -137,7 +137,7 @@ impl From<&Memslot> for UserspaceMemoryRegion {
     /// assert_eq!(vm.set_user_memory_region(described)?, ChangeKind::Unchanged);
     /// # Ok::<(), memslots::Error>(())
     /// ```
-    fn from(slot: &Memslot) -> Self {
+    fn from(slot: &Memslot<B>) -> Self {
         // npages >= 1, so this is the page size; the product fits, as validation ensured.
         let page_size = slot.size() / slot.npages();
         UserspaceMemoryRegion {
@@ -150,7 +150,7 @@ impl From<&Memslot> for UserspaceMemoryRegion {
     }
 }
 
-impl Memslots {
+impl<B: Send + Sync + 'static> Memslots<B> {
     /// Every slot of every address space as a [`Layout`], ordered by address space, then guest
     /// physical address.
     ///
@@ -178,7 +178,9 @@ impl Memslots {
             .collect();
         Layout { regions }
     }
+}
 
+impl Memslots {
     /// A VM holding exactly the slots `layout` lists, in any order.
     ///
     /// Each region goes through the same checks, with the same errors, as

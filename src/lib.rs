@@ -80,6 +80,8 @@
 #![deny(missing_docs)]
 #![doc(test(attr(deny(warnings))))]
 
+mod access;
+mod backing;
 pub mod baseline;
 mod change;
 mod diff;
@@ -102,6 +104,7 @@ mod types;
 mod view;
 mod vm;
 
+pub use backing::{Backing, GuestRam};
 pub use diff::{Changes, Diff};
 pub use dirty::DirtyLogMode;
 pub use error::{errno, Error, LimitsError, SlotField};

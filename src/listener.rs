@@ -60,17 +60,17 @@ use crate::types::MemFlags;
 /// assert!(mirror.0.iter().all(|s| seen.get(s.id()) == Some(s)));
 /// # Ok::<(), memslots::Error>(())
 /// ```
-pub trait MemoryListener {
+pub trait MemoryListener<B = ()> {
     /// A replay with at least one change starts.
     fn begin(&mut self) {}
 
     /// `slot` is no longer in the layout as it was: it was removed, or it changed and
     /// [`region_add`](Self::region_add) will bring its new form in the second pass.
-    fn region_del(&mut self, slot: &Memslot);
+    fn region_del(&mut self, slot: &Memslot<B>);
 
     /// `slot` is in the layout now: it was added, or it is the new form of a changed slot. Every
     /// removal of the replay has been reported before the first addition.
-    fn region_add(&mut self, slot: &Memslot);
+    fn region_add(&mut self, slot: &Memslot<B>);
 
     /// Dirty logging was turned on for a slot that changed nothing else: same range, same host
     /// address, same other flags. `new` has the bitmap. Called in the addition pass.
@@ -79,14 +79,14 @@ pub trait MemoryListener {
     /// [`region_add`](Self::region_add) of `new`; a consumer that can toggle logging in place (as
     /// KVM does with a flags-only `KVM_SET_USER_MEMORY_REGION`) should override it rather than
     /// unmap and map the memory again.
-    fn log_start(&mut self, old: &Memslot, new: &Memslot) {
+    fn log_start(&mut self, old: &Memslot<B>, new: &Memslot<B>) {
         self.region_del(old);
         self.region_add(new);
     }
 
     /// Dirty logging was turned off for a slot that changed nothing else. Called in the addition
     /// pass. The default is as for [`log_start`](Self::log_start).
-    fn log_stop(&mut self, old: &Memslot, new: &Memslot) {
+    fn log_stop(&mut self, old: &Memslot<B>, new: &Memslot<B>) {
         self.region_del(old);
         self.region_add(new);
     }
@@ -97,7 +97,7 @@ pub trait MemoryListener {
 }
 
 /// Whether a change is only dirty logging turned on (`Some(true)`) or off (`Some(false)`).
-fn log_toggle(old: &Memslot, new: &Memslot) -> Option<bool> {
+fn log_toggle<B>(old: &Memslot<B>, new: &Memslot<B>) -> Option<bool> {
     let same_place = old.slot_id() == new.slot_id()
         && old.base_gfn() == new.base_gfn()
         && old.npages() == new.npages()
@@ -160,7 +160,11 @@ fn log_toggle(old: &Memslot, new: &Memslot) -> Option<bool> {
 /// assert_eq!(log.0, ["log_start 1"]);
 /// # Ok::<(), memslots::Error>(())
 /// ```
-pub fn replay<L: MemoryListener + ?Sized>(old: &MemslotSet, new: &MemslotSet, listener: &mut L) {
+pub fn replay<B: 'static, L: MemoryListener<B> + ?Sized>(
+    old: &MemslotSet<B>,
+    new: &MemslotSet<B>,
+    listener: &mut L,
+) {
     let mut changed = false;
     for change in old.diff(new) {
         if !changed {

@@ -7,6 +7,7 @@
 //! [`ArrayMemslots`](crate::baseline::ArrayMemslots) over the array baseline, so the benchmark's
 //! "Before" and "After" differ only in how a version is stored and copied.
 
+use core::borrow::Borrow;
 use core::fmt;
 use std::sync::Arc;
 
@@ -18,19 +19,34 @@ use crate::hooks::{ArchHooks, NoHooks};
 use crate::reader::{Published, Reader};
 use crate::slot::Memslot;
 use crate::sync::{lock, Mutex, MutexGuard};
-use crate::types::{ChangeKind, Limits, SlotId, UserspaceMemoryRegion};
+use crate::types::{ChangeKind, Gfn, Limits, SlotId, UserspaceMemoryRegion};
 use crate::view::MemslotRead;
 
 /// What the protocol needs of a version type. Public in name only (this module is private), so
 /// that it may bound public generic types; nothing outside the crate can implement or call it.
-pub trait Version: MemslotRead + SlotLookup + Clone + Send + Sync + 'static {
+pub trait Version:
+    MemslotRead<Backing: Send + Sync + 'static>
+    + SlotLookup<Backing = BackingOf<Self>>
+    + Clone
+    + Send
+    + Sync
+    + 'static
+{
+    /// How the version holds a slot, and so what a reader's last-used slot keeps: a cheap
+    /// handle for the trees (an `Arc`), the slot itself for the array.
+    type Slot: Borrow<Memslot<BackingOf<Self>>> + Clone + Send + Sync;
     /// An empty version of address space `as_id`.
     fn empty(as_id: u16, generation: u64, limits: &Limits) -> Self;
     /// Replaces slot `id` by `new` (removes it when `None`, adds `new` when there was none).
-    fn replace(&mut self, id: u16, new: Option<Memslot>);
+    fn replace(&mut self, id: u16, new: Option<Memslot<BackingOf<Self>>>);
     /// Sets the generation the version will be published with.
     fn set_generation(&mut self, generation: u64);
+    /// The slot holding `gfn`, as the version holds it.
+    fn find_slot(&self, gfn: Gfn) -> Option<&Self::Slot>;
 }
+
+/// What the slots of a version type carry.
+pub(crate) type BackingOf<S> = <S as MemslotRead>::Backing;
 
 /// The published state: every address space's current version, swapped as one, so a reader pays
 /// one load however many address spaces it looks at, and a transaction spanning address spaces
@@ -62,19 +78,26 @@ pub(crate) struct WriterState {
 }
 
 /// A VM's published memslots and its writer side.
-pub(crate) struct Core<S> {
+pub(crate) struct Core<S: Version> {
     limits: Limits,
     published: Arc<Published<S>>,
     writer: Mutex<WriterState>,
-    hooks: Box<dyn ArchHooks>,
+    hooks: Box<dyn ArchHooks<BackingOf<S>>>,
+    /// The backing a slot created by a plain request gets: the one `()` every slot of a
+    /// layout-only VM shares, or `None` where creates must bring their own.
+    implicit_backing: Option<Arc<BackingOf<S>>>,
 }
 
 impl<S: Version> Core<S> {
-    pub(crate) fn new(limits: Limits) -> Self {
-        Self::with_hooks(limits, Box::new(NoHooks))
+    pub(crate) fn new(limits: Limits, implicit_backing: Option<Arc<BackingOf<S>>>) -> Self {
+        Self::with_hooks(limits, Box::new(NoHooks), implicit_backing)
     }
 
-    pub(crate) fn with_hooks(limits: Limits, hooks: Box<dyn ArchHooks>) -> Self {
+    pub(crate) fn with_hooks(
+        limits: Limits,
+        hooks: Box<dyn ArchHooks<BackingOf<S>>>,
+        implicit_backing: Option<Arc<BackingOf<S>>>,
+    ) -> Self {
         let spaces = (0..limits.address_spaces())
             .map(|as_id| Arc::new(S::empty(as_id, u64::from(as_id), &limits)))
             .collect();
@@ -83,13 +106,14 @@ impl<S: Version> Core<S> {
             published: Arc::new(Published::new(Root { spaces, version: 0 })),
             writer: Mutex::new(WriterState::default()),
             hooks,
+            implicit_backing,
         }
     }
 
     /// Loom only: a VM whose grace periods lack the fences (the broken variant).
     #[cfg(loom)]
-    pub(crate) fn weakened(limits: Limits) -> Self {
-        let mut core = Self::new(limits);
+    pub(crate) fn weakened(limits: Limits, implicit_backing: Option<Arc<BackingOf<S>>>) -> Self {
+        let mut core = Self::new(limits, implicit_backing);
         Arc::get_mut(&mut core.published)
             .expect("not shared yet")
             .weak_ordering = true;
@@ -163,12 +187,23 @@ impl<S: Version> Core<S> {
         Ok(kind)
     }
 
+    /// One create carrying its backing, published on its own.
+    pub(crate) fn create(
+        &self,
+        region: &UserspaceMemoryRegion,
+        backing: BackingOf<S>,
+    ) -> Result<(), Error> {
+        let mut tx = self.transaction();
+        tx.create_memory_region(*region, backing)?;
+        tx.commit()
+    }
+
     fn publish(&self, spaces: Spaces<Arc<S>>, version: u64) {
         self.published.publish(Root { spaces, version });
     }
 }
 
-impl<S> fmt::Debug for Core<S> {
+impl<S: Version> fmt::Debug for Core<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Core")
             .field("limits", &self.limits)
@@ -178,12 +213,11 @@ impl<S> fmt::Debug for Core<S> {
 }
 
 /// One accepted change, kept for the hooks and the `INVALID` step.
-#[derive(Debug)]
-struct Change {
+struct Change<B> {
     slot: SlotId,
     kind: ChangeKind,
-    old: Option<Memslot>,
-    new: Option<Memslot>,
+    old: Option<Memslot<B>>,
+    new: Option<Memslot<B>>,
 }
 
 /// Several requests published as one version per address space, all or nothing.
@@ -223,7 +257,7 @@ pub struct Transaction<'a, S: Version = crate::MemslotSet> {
     base: Arc<Root<S>>,
     /// Working copies, made on the first change to an address space.
     spaces: Spaces<Option<S>>,
-    changes: Vec<Change>,
+    changes: Vec<Change<BackingOf<S>>>,
     vm_pages: u64,
 }
 
@@ -255,6 +289,25 @@ impl<S: Version> Transaction<'_, S> {
         self.apply(&region, Origin::Internal)
     }
 
+    /// Validates `region` as a create of a new slot carrying `backing` and, if it is accepted, adds
+    /// it to the transaction: the way slots are created on a VM whose slots carry backings. The
+    /// backing is dropped once no version, snapshot or reader can reach the slot any more.
+    ///
+    /// Time: O(log n).
+    ///
+    /// # Errors
+    /// [`Error::SlotExists`] (EEXIST) if the slot exists (in the transaction's state); otherwise
+    /// as [`set_user_memory_region`](Self::set_user_memory_region) for a create. A refused request
+    /// leaves the transaction as it was and drops `backing`.
+    pub fn create_memory_region(
+        &mut self,
+        region: UserspaceMemoryRegion,
+        backing: BackingOf<S>,
+    ) -> Result<(), Error> {
+        self.apply_with(&region, Origin::User, Creation::Only(Arc::new(backing)))
+            .map(drop)
+    }
+
     /// How many accepted changes the transaction holds.
     #[must_use]
     pub fn len(&self) -> usize {
@@ -272,12 +325,32 @@ impl<S: Version> Transaction<'_, S> {
         region: &UserspaceMemoryRegion,
         origin: Origin,
     ) -> Result<ChangeKind, Error> {
+        let creation = match &self.core.implicit_backing {
+            Some(backing) => Creation::Allowed(Arc::clone(backing)),
+            None => Creation::Refused,
+        };
+        self.apply_with(region, origin, creation)
+    }
+
+    fn apply_with(
+        &mut self,
+        region: &UserspaceMemoryRegion,
+        origin: Origin,
+        creation: Creation<BackingOf<S>>,
+    ) -> Result<ChangeKind, Error> {
         let limits = self.core.limits;
         let checked = change::check(&limits, region, origin)?;
         let as_id = usize::from(checked.slot.as_id);
         let base = &self.base.spaces[as_id];
         let space = self.spaces[as_id].get_or_insert_with(|| S::clone(base));
-        let plan = change::classify(&limits, checked, &*space, self.vm_pages)?;
+        let backing = match creation {
+            Creation::Only(_) if space.get(checked.slot.id).is_some() => {
+                return Err(Error::SlotExists { slot: checked.slot });
+            }
+            Creation::Only(backing) | Creation::Allowed(backing) => Some(backing),
+            Creation::Refused => None,
+        };
+        let plan = change::classify(&limits, checked, &*space, self.vm_pages, backing)?;
         if plan.kind == ChangeKind::Unchanged {
             return Ok(ChangeKind::Unchanged);
         }
@@ -287,7 +360,7 @@ impl<S: Version> Transaction<'_, S> {
         space.replace(id, plan.new.clone());
         match plan.kind {
             ChangeKind::Create => self.vm_pages += checked.npages,
-            ChangeKind::Delete => self.vm_pages -= old.as_ref().map_or(0, Memslot::npages),
+            ChangeKind::Delete => self.vm_pages -= old.as_ref().map_or(0, |s| s.npages()),
             _ => {}
         }
         self.changes.push(Change {
@@ -410,6 +483,27 @@ impl<S: Version> Transaction<'_, S> {
                 .commit(change.old.as_ref(), change.new.as_ref(), change.kind);
         }
         Ok(())
+    }
+}
+
+/// Whether a request may create a slot, and with which backing.
+enum Creation<B> {
+    /// Any change; a create gets this backing.
+    Allowed(Arc<B>),
+    /// Only a create, with this backing.
+    Only(Arc<B>),
+    /// Any change but a create.
+    Refused,
+}
+
+impl<B> fmt::Debug for Change<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Change")
+            .field("slot", &self.slot)
+            .field("kind", &self.kind)
+            .field("old", &self.old)
+            .field("new", &self.new)
+            .finish()
     }
 }
 

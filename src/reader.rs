@@ -47,12 +47,13 @@
 //! count: freeing a version's nodes, which can take microseconds and the allocator's locks, is
 //! always the writer's work, as in RCU.
 
+use core::borrow::Borrow;
 use core::cell::{RefCell, RefMut};
 use core::fmt;
 use core::ops::Deref;
 use std::sync::Arc;
 
-use crate::publish::{Root, Version};
+use crate::publish::{BackingOf, Root, Version};
 use crate::slot::Memslot;
 use crate::sync::{backoff, fence, lock, AtomicU64, Mutex, Ordering, RootCell};
 use crate::types::Gfn;
@@ -113,8 +114,15 @@ impl<S> Published<S> {
     /// the list's reference is the last one, nobody else can reach it and dropping it here frees
     /// it. The list holds at most one root per reader plus the ones freed at the next publish.
     fn retire(&self, old: Arc<Root<S>>) {
+        lock(&self.retired).push(old);
+        self.reclaim();
+    }
+
+    /// Frees the retired roots no reader holds any more (and with them every slot, and so every
+    /// backing, that only they reached). Only the writer calls this: after each publication and
+    /// at the end of each grace period.
+    pub(crate) fn reclaim(&self) {
         let mut retired = lock(&self.retired);
-        retired.push(old);
         let mut i = 0;
         while i < retired.len() {
             if Arc::strong_count(&retired[i]) == 1 {
@@ -144,6 +152,7 @@ impl<S> Published<S> {
                 round = round.saturating_add(1);
             }
         }
+        self.reclaim();
     }
 
     #[inline]
@@ -221,19 +230,19 @@ impl<S> fmt::Debug for Published<S> {
 /// assert_eq!(vm.get_dirty_log(0)?[1], 1 << 2); // page 0x42 = word 1, bit 2
 /// # Ok::<(), memslots::Error>(())
 /// ```
-pub struct Reader<S: 'static = crate::MemslotSet> {
+pub struct Reader<S: Version = crate::MemslotSet> {
     published: Arc<Published<S>>,
     entry: Arc<ReaderEntry>,
     cache: RefCell<ReaderCache<S>>,
 }
 
 /// What a reader keeps between sections.
-struct ReaderCache<S> {
+struct ReaderCache<S: Version> {
     root: Arc<Root<S>>,
     /// The last slot a cached lookup found in `root`. Cleared whenever `root` is replaced, so it
     /// always belongs to the versions this reader sees: the kernel checks the set's generation
     /// instead, which comes to the same, but costs a load chain on every hit.
-    last_used: Option<Memslot>,
+    last_used: Option<S::Slot>,
 }
 
 impl<S: Version> Reader<S> {
@@ -293,13 +302,13 @@ impl<S: Version> Reader<S> {
     }
 }
 
-impl<S> Drop for Reader<S> {
+impl<S: Version> Drop for Reader<S> {
     fn drop(&mut self) {
         self.published.unregister(&self.entry);
     }
 }
 
-impl<S> fmt::Debug for Reader<S> {
+impl<S: Version> fmt::Debug for Reader<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Reader")
             .field("seq", &self.entry.seq.load(Ordering::Relaxed))
@@ -319,7 +328,7 @@ impl<S> fmt::Debug for Reader<S> {
 /// | [`gfn_to_memslot`](Self::gfn_to_memslot) | O(1) on a cache hit, O(log n) otherwise |
 /// | [`mark_page_dirty`](Self::mark_page_dirty) | as `gfn_to_memslot`, plus one atomic OR |
 /// | dropping it | O(1): one store |
-pub struct ReadGuard<'r, S: 'static = crate::MemslotSet> {
+pub struct ReadGuard<'r, S: Version = crate::MemslotSet> {
     cache: RefMut<'r, ReaderCache<S>>,
     reader: &'r Reader<S>,
     seq: u64,
@@ -339,6 +348,14 @@ impl<S: Version> ReadGuard<'_, S> {
             Some(set) => set,
             None => panic!("address space {as_id} does not exist"),
         }
+    }
+
+    /// The number of address spaces this section sees.
+    ///
+    /// Time: O(1).
+    #[must_use]
+    pub fn address_spaces(&self) -> u16 {
+        self.cache.root.spaces.len() as u16
     }
 
     /// Address space `as_id`'s version, or `None` if there is no such address space.
@@ -362,14 +379,15 @@ impl<S: Version> ReadGuard<'_, S> {
     /// Time: O(1) on a hit (an address-space compare and a range check), O(log n) on a miss; no
     /// allocation.
     #[inline]
-    pub fn gfn_to_memslot(&mut self, as_id: u16, gfn: Gfn) -> Option<&Memslot> {
+    pub fn gfn_to_memslot(&mut self, as_id: u16, gfn: Gfn) -> Option<&Memslot<BackingOf<S>>> {
         let cache = &mut *self.cache;
         if cache
             .last_used
             .as_ref()
-            .is_some_and(|s| s.as_id() == as_id && s.contains(gfn))
+            .map(Borrow::borrow)
+            .is_some_and(|s: &Memslot<_>| s.as_id() == as_id && s.contains(gfn))
         {
-            return cache.last_used.as_ref();
+            return cache.last_used.as_ref().map(Borrow::borrow);
         }
         Self::miss(cache, as_id, gfn)
     }
@@ -378,14 +396,27 @@ impl<S: Version> ReadGuard<'_, S> {
     /// the same for every version type.
     #[cold]
     #[inline(never)]
-    fn miss(cache: &mut ReaderCache<S>, as_id: u16, gfn: Gfn) -> Option<&Memslot> {
+    fn miss(cache: &mut ReaderCache<S>, as_id: u16, gfn: Gfn) -> Option<&Memslot<BackingOf<S>>> {
         let found = cache
             .root
             .spaces
             .get(usize::from(as_id))?
-            .find(gfn)?
+            .find_slot(gfn)?
             .clone();
-        Some(cache.last_used.insert(found))
+        Some(Borrow::borrow(&*cache.last_used.insert(found)))
+    }
+
+    /// Address space `as_id`'s version and the reader's last-used slot after a cached lookup of
+    /// `gfn` (the slot holding `gfn` if any does): where a byte access starts.
+    pub(crate) fn lookup_from(
+        &mut self,
+        as_id: u16,
+        gfn: Gfn,
+    ) -> Option<(&S, Option<&Memslot<BackingOf<S>>>)> {
+        self.gfn_to_memslot(as_id, gfn);
+        let cache = &*self.cache;
+        let set = cache.root.spaces.get(usize::from(as_id))?;
+        Some((set, cache.last_used.as_ref().map(Borrow::borrow)))
     }
 
     /// Marks `gfn` dirty in its slot's bitmap (KVM's `mark_page_dirty`); ignored when no slot
@@ -402,7 +433,7 @@ impl<S: Version> ReadGuard<'_, S> {
     }
 }
 
-impl<S> Drop for ReadGuard<'_, S> {
+impl<S: Version> Drop for ReadGuard<'_, S> {
     #[inline]
     fn drop(&mut self) {
         #[cfg(all(debug_assertions, not(loom)))]
@@ -411,7 +442,7 @@ impl<S> Drop for ReadGuard<'_, S> {
     }
 }
 
-impl<S> fmt::Debug for ReadGuard<'_, S> {
+impl<S: Version> fmt::Debug for ReadGuard<'_, S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ReadGuard")
             .field("version", &self.cache.root.version)

@@ -23,7 +23,7 @@ pub(crate) struct HvaKey {
 }
 
 impl HvaKey {
-    fn of(slot: &Memslot) -> Self {
+    fn of<B>(slot: &Memslot<B>) -> Self {
         Self {
             start: slot.userspace_addr().0,
             id: slot.id(),
@@ -57,9 +57,9 @@ impl Ord for HvaKey {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct MaxEnd(u64);
 
-impl Summary<HvaKey, Arc<Memslot>> for MaxEnd {
+impl<B: 'static> Summary<HvaKey, Arc<Memslot<B>>> for MaxEnd {
     #[inline]
-    fn of_entry(key: &HvaKey, _: &Arc<Memslot>) -> Self {
+    fn of_entry(key: &HvaKey, _: &Arc<Memslot<B>>) -> Self {
         MaxEnd(key.end)
     }
     #[inline]
@@ -101,19 +101,32 @@ impl Summary<HvaKey, Arc<Memslot>> for MaxEnd {
 /// assert_eq!(hits, [(0, Gfn(0x3)..Gfn(0x4)), (1, Gfn(0x103)..Gfn(0x104))]);
 /// # Ok::<(), memslots::Error>(())
 /// ```
-#[derive(Clone)]
-pub struct MemslotSet {
-    by_gfn: Tree<u64, Arc<Memslot>>,
-    by_hva: Tree<HvaKey, Arc<Memslot>, MaxEnd>,
-    by_id: Tree<u16, Arc<Memslot>>,
+pub struct MemslotSet<B = ()> {
+    by_gfn: Tree<u64, Arc<Memslot<B>>>,
+    by_hva: Tree<HvaKey, Arc<Memslot<B>>, MaxEnd>,
+    by_id: Tree<u16, Arc<Memslot<B>>>,
     generation: u64,
     total_pages: u64,
     as_id: u16,
+    /// The page size as a shift, to turn guest physical addresses into frames.
+    page_shift: u8,
 }
 
-impl MemslotSet {
+impl<B> Clone for MemslotSet<B> {
+    /// O(1): the trees are shared, not copied.
+    fn clone(&self) -> Self {
+        Self {
+            by_gfn: self.by_gfn.clone(),
+            by_hva: self.by_hva.clone(),
+            by_id: self.by_id.clone(),
+            ..*self
+        }
+    }
+}
+
+impl<B: 'static> MemslotSet<B> {
     /// An empty version of address space `as_id` at `generation`.
-    pub(crate) fn empty(as_id: u16, generation: u64) -> Self {
+    pub(crate) fn empty(as_id: u16, generation: u64, page_shift: u32) -> Self {
         Self {
             by_gfn: Tree::new(),
             by_hva: Tree::new(),
@@ -121,13 +134,19 @@ impl MemslotSet {
             generation,
             total_pages: 0,
             as_id,
+            page_shift: page_shift as u8,
         }
+    }
+
+    /// The page size as a shift (12 for 4 KiB pages).
+    pub(crate) fn page_shift(&self) -> u32 {
+        u32::from(self.page_shift)
     }
 
     /// Replaces slot `id` by `new` (removes it when `new` is `None`, adds `new` when there was no
     /// slot `id`): the kernel's `kvm_replace_memslot`. Copies only the changed tree paths when the
     /// trees are shared with another version.
-    pub(crate) fn replace(&mut self, id: u16, new: Option<Arc<Memslot>>) {
+    pub(crate) fn replace(&mut self, id: u16, new: Option<Arc<Memslot<B>>>) {
         let Some(new) = new else {
             if let Some(old) = self.by_id.remove(&id) {
                 self.by_hva.remove(&HvaKey::of(&old));
@@ -198,7 +217,7 @@ impl MemslotSet {
     ///
     /// Time: O(log n).
     #[must_use]
-    pub fn get(&self, id: u16) -> Option<&Memslot> {
+    pub fn get(&self, id: u16) -> Option<&Memslot<B>> {
         self.by_id.get(&id).map(|s| &**s)
     }
 
@@ -207,7 +226,14 @@ impl MemslotSet {
     /// Time: O(log n); no allocation, no lock.
     #[must_use]
     #[inline]
-    pub fn find(&self, gfn: Gfn) -> Option<&Memslot> {
+    pub fn find(&self, gfn: Gfn) -> Option<&Memslot<B>> {
+        self.find_shared(gfn).map(|s| &**s)
+    }
+
+    /// As [`find`](Self::find), the slot as the trees share it: what a reader's last-used slot
+    /// keeps, at the cost of one reference count.
+    #[inline]
+    pub(crate) fn find_shared(&self, gfn: Gfn) -> Option<&Arc<Memslot<B>>> {
         match self.by_gfn.floor(&gfn.0) {
             Some((_, slot)) if slot.contains(gfn) => Some(slot),
             _ => None,
@@ -220,7 +246,7 @@ impl MemslotSet {
     ///
     /// Time: O(log n).
     #[must_use]
-    pub fn find_approx(&self, gfn: Gfn) -> Option<&Memslot> {
+    pub fn find_approx(&self, gfn: Gfn) -> Option<&Memslot<B>> {
         self.by_gfn
             .floor(&gfn.0)
             .or_else(|| self.by_gfn.first())
@@ -231,7 +257,7 @@ impl MemslotSet {
     ///
     /// Time: O(n) for the whole walk; no allocation.
     #[must_use]
-    pub fn iter(&self) -> Iter<'_> {
+    pub fn iter(&self) -> Iter<'_, B> {
         Iter {
             inner: self.by_gfn.iter(),
         }
@@ -242,7 +268,7 @@ impl MemslotSet {
     ///
     /// Time: O(log n + k) for k slots; no allocation.
     #[must_use]
-    pub fn gfn_range(&self, start: Gfn, end: Gfn) -> GfnRange<'_> {
+    pub fn gfn_range(&self, start: Gfn, end: Gfn) -> GfnRange<'_, B> {
         let end = end.0.max(start.0);
         let from = match self.by_gfn.floor(&start.0) {
             Some((base, slot)) if slot.end_gfn() > start => *base,
@@ -261,7 +287,7 @@ impl MemslotSet {
     /// Time: O(log n + k) visited nodes for k matches; no allocation.
     #[must_use]
     #[inline]
-    pub fn hva_range(&self, start: Hva, end: Hva) -> HvaRange<'_> {
+    pub fn hva_range(&self, start: Hva, end: Hva) -> HvaRange<'_, B> {
         // An empty query stops at once: every key is at or past an end of 0.
         let (q_start, q_end) = if start < end {
             (start.0, end.0)
@@ -314,7 +340,7 @@ impl MemslotSet {
                 return Err(format!("{slot:?} overlaps its predecessor"));
             }
             prev_end = Some(slot.end_gfn().0);
-            let same = |s: Option<&Arc<Memslot>>| s.is_some_and(|s| Arc::ptr_eq(s, slot));
+            let same = |s: Option<&Arc<Memslot<B>>>| s.is_some_and(|s| Arc::ptr_eq(s, slot));
             if !same(self.by_id.get(&slot.id())) || !same(self.by_hva.get(&HvaKey::of(slot))) {
                 return Err(format!("{slot:?} is not the same slot in every tree"));
             }
@@ -330,12 +356,12 @@ impl MemslotSet {
     }
 
     /// The id tree, which [`diff`](Self::diff) walks.
-    pub(crate) fn by_id(&self) -> &Tree<u16, Arc<Memslot>> {
+    pub(crate) fn by_id(&self) -> &Tree<u16, Arc<Memslot<B>>> {
         &self.by_id
     }
 }
 
-impl fmt::Debug for MemslotSet {
+impl<B: 'static> fmt::Debug for MemslotSet<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MemslotSet")
             .field("as_id", &self.as_id)
@@ -346,48 +372,59 @@ impl fmt::Debug for MemslotSet {
     }
 }
 
-struct DebugSlots<'a>(&'a MemslotSet);
+struct DebugSlots<'a, B>(&'a MemslotSet<B>);
 
-impl fmt::Debug for DebugSlots<'_> {
+impl<B: 'static> fmt::Debug for DebugSlots<'_, B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_list().entries(self.0.iter()).finish()
     }
 }
 
-impl<'a> IntoIterator for &'a MemslotSet {
-    type Item = &'a Memslot;
-    type IntoIter = Iter<'a>;
-    fn into_iter(self) -> Iter<'a> {
+impl<'a, B: 'static> IntoIterator for &'a MemslotSet<B> {
+    type Item = &'a Memslot<B>;
+    type IntoIter = Iter<'a, B>;
+    fn into_iter(self) -> Iter<'a, B> {
         self.iter()
     }
 }
 
-impl SlotLookup for MemslotSet {
-    fn slot(&self, id: u16) -> Option<&Memslot> {
+impl<B: 'static> SlotLookup for MemslotSet<B> {
+    type Backing = B;
+
+    fn slot(&self, id: u16) -> Option<&Memslot<B>> {
         self.get(id)
     }
 
-    fn overlapping(&self, id: u16, start: Gfn, end: Gfn) -> Option<&Memslot> {
+    fn overlapping(&self, id: u16, start: Gfn, end: Gfn) -> Option<&Memslot<B>> {
         // The walk stops at the first slot that is not the one being moved: at most two steps.
         self.gfn_range(start, end).find(|s| s.id() != id)
     }
 }
 
-impl crate::publish::Version for MemslotSet {
-    fn empty(as_id: u16, generation: u64, _: &Limits) -> Self {
-        Self::empty(as_id, generation)
+impl<B: Send + Sync + 'static> crate::publish::Version for MemslotSet<B> {
+    type Slot = Arc<Memslot<B>>;
+
+    fn empty(as_id: u16, generation: u64, limits: &Limits) -> Self {
+        Self::empty(as_id, generation, limits.page_shift())
     }
 
-    fn replace(&mut self, id: u16, new: Option<Memslot>) {
+    fn replace(&mut self, id: u16, new: Option<Memslot<B>>) {
         self.replace(id, new.map(Arc::new));
     }
 
     fn set_generation(&mut self, generation: u64) {
         self.generation = generation;
     }
+
+    #[inline]
+    fn find_slot(&self, gfn: Gfn) -> Option<&Arc<Memslot<B>>> {
+        self.find_shared(gfn)
+    }
 }
 
-impl MemslotRead for MemslotSet {
+impl<B: 'static> MemslotRead for MemslotSet<B> {
+    type Backing = B;
+
     fn as_id(&self) -> u16 {
         self.as_id
     }
@@ -400,24 +437,28 @@ impl MemslotRead for MemslotSet {
     fn total_pages(&self) -> u64 {
         self.total_pages
     }
-    fn get(&self, id: u16) -> Option<&Memslot> {
+    fn get(&self, id: u16) -> Option<&Memslot<B>> {
         self.get(id)
     }
     #[inline]
-    fn find(&self, gfn: Gfn) -> Option<&Memslot> {
+    fn find(&self, gfn: Gfn) -> Option<&Memslot<B>> {
         self.find(gfn)
     }
-    fn find_approx(&self, gfn: Gfn) -> Option<&Memslot> {
+    fn find_approx(&self, gfn: Gfn) -> Option<&Memslot<B>> {
         self.find_approx(gfn)
     }
-    fn iter(&self) -> impl Iterator<Item = &Memslot> + '_ {
+    fn iter(&self) -> impl Iterator<Item = &Memslot<B>> + '_ {
         self.iter()
     }
-    fn gfn_range(&self, start: Gfn, end: Gfn) -> impl Iterator<Item = &Memslot> + '_ {
+    fn gfn_range(&self, start: Gfn, end: Gfn) -> impl Iterator<Item = &Memslot<B>> + '_ {
         self.gfn_range(start, end)
     }
     #[inline]
-    fn hva_range(&self, start: Hva, end: Hva) -> impl Iterator<Item = (&Memslot, Range<Gfn>)> + '_ {
+    fn hva_range(
+        &self,
+        start: Hva,
+        end: Hva,
+    ) -> impl Iterator<Item = (&Memslot<B>, Range<Gfn>)> + '_ {
         self.hva_range(start, end)
     }
 }
@@ -425,15 +466,22 @@ impl MemslotRead for MemslotSet {
 /// Every slot of a [`MemslotSet`] in ascending gfn order.
 ///
 /// This `struct` is created by [`MemslotSet::iter`].
-#[derive(Clone)]
-pub struct Iter<'a> {
-    inner: tree::Iter<'a, u64, Arc<Memslot>, (), { tree::DEFAULT_B }>,
+pub struct Iter<'a, B = ()> {
+    inner: tree::Iter<'a, u64, Arc<Memslot<B>>, (), { tree::DEFAULT_B }>,
 }
 
-impl<'a> Iterator for Iter<'a> {
-    type Item = &'a Memslot;
+impl<B> Clone for Iter<'_, B> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<'a, B> Iterator for Iter<'a, B> {
+    type Item = &'a Memslot<B>;
     #[inline]
-    fn next(&mut self) -> Option<&'a Memslot> {
+    fn next(&mut self) -> Option<&'a Memslot<B>> {
         self.inner.next().map(|(_, s)| &**s)
     }
     fn size_hint(&self) -> (usize, Option<usize>) {
@@ -441,26 +489,33 @@ impl<'a> Iterator for Iter<'a> {
     }
 }
 
-impl ExactSizeIterator for Iter<'_> {}
-impl FusedIterator for Iter<'_> {}
+impl<B> ExactSizeIterator for Iter<'_, B> {}
+impl<B> FusedIterator for Iter<'_, B> {}
 
 /// The slots of a [`MemslotSet`] that intersect a gfn range, in ascending gfn order.
 ///
 /// This `struct` is created by [`MemslotSet::gfn_range`].
-#[derive(Clone)]
-pub struct GfnRange<'a> {
-    inner: tree::Range<'a, u64, Arc<Memslot>, (), { tree::DEFAULT_B }>,
+pub struct GfnRange<'a, B = ()> {
+    inner: tree::Range<'a, u64, Arc<Memslot<B>>, (), { tree::DEFAULT_B }>,
 }
 
-impl<'a> Iterator for GfnRange<'a> {
-    type Item = &'a Memslot;
+impl<B> Clone for GfnRange<'_, B> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<'a, B: 'static> Iterator for GfnRange<'a, B> {
+    type Item = &'a Memslot<B>;
     #[inline]
-    fn next(&mut self) -> Option<&'a Memslot> {
+    fn next(&mut self) -> Option<&'a Memslot<B>> {
         self.inner.next().map(|(_, s)| &**s)
     }
 }
 
-impl FusedIterator for GfnRange<'_> {}
+impl<B: 'static> FusedIterator for GfnRange<'_, B> {}
 
 /// Prunes the hva tree to the subtrees that may hold a slot overlapping `[start, end)`.
 #[derive(Clone, Copy, Debug)]
@@ -487,14 +542,14 @@ impl Visitor<HvaKey, MaxEnd> for Overlaps {
 /// range it covers.
 ///
 /// This `struct` is created by [`MemslotSet::hva_range`].
-pub struct HvaRange<'a> {
-    inner: tree::Search<'a, HvaKey, Arc<Memslot>, MaxEnd, Overlaps, { tree::DEFAULT_B }>,
+pub struct HvaRange<'a, B = ()> {
+    inner: tree::Search<'a, HvaKey, Arc<Memslot<B>>, MaxEnd, Overlaps, { tree::DEFAULT_B }>,
     start: Hva,
     end: Hva,
 }
 
-impl<'a> Iterator for HvaRange<'a> {
-    type Item = (&'a Memslot, Range<Gfn>);
+impl<'a, B: 'static> Iterator for HvaRange<'a, B> {
+    type Item = (&'a Memslot<B>, Range<Gfn>);
     #[inline]
     fn next(&mut self) -> Option<Self::Item> {
         self.inner
@@ -503,11 +558,11 @@ impl<'a> Iterator for HvaRange<'a> {
     }
 }
 
-impl FusedIterator for HvaRange<'_> {}
+impl<B: 'static> FusedIterator for HvaRange<'_, B> {}
 
 macro_rules! opaque_debug {
     ($($name:ident),*) => {$(
-        impl fmt::Debug for $name<'_> {
+        impl<B> fmt::Debug for $name<'_, B> {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.debug_struct(stringify!($name)).finish_non_exhaustive()
             }

@@ -29,8 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// assert_eq!(slot.hva_to_gfn(Hva(0x7000_3fff)), Some(Gfn(0x13)));
 /// # Ok::<(), memslots::Error>(())
 /// ```
-#[derive(Clone)]
-pub struct Memslot {
+pub struct Memslot<B = ()> {
     base_gfn: Gfn,
     npages: u64,
     userspace_addr: Hva,
@@ -39,6 +38,20 @@ pub struct Memslot {
     as_id: u16,
     page_shift: u8,
     dirty: Option<Arc<DirtyBitmap>>,
+    /// What the slot's memory is: shared by every copy of the slot (its moves, flag changes and
+    /// `INVALID` step), dropped with the last one.
+    backing: Arc<B>,
+}
+
+impl<B> Clone for Memslot<B> {
+    /// The same slot: the dirty bitmap and the backing are shared, not copied.
+    fn clone(&self) -> Self {
+        Self {
+            dirty: self.dirty.clone(),
+            backing: Arc::clone(&self.backing),
+            ..*self
+        }
+    }
 }
 
 /// Why a translation through a slot failed: KVM's `KVM_HVA_ERR_BAD` and `KVM_HVA_ERR_RO_BAD`.
@@ -50,7 +63,7 @@ pub enum HvaError {
     ReadOnly,
 }
 
-impl Memslot {
+impl<B> Memslot<B> {
     /// A slot; `npages` must be at least 1 and the hva range must not wrap (validation ensures
     /// both before any slot is built).
     pub(crate) fn new(
@@ -60,6 +73,7 @@ impl Memslot {
         userspace_addr: Hva,
         flags: MemFlags,
         page_shift: u32,
+        backing: Arc<B>,
     ) -> Self {
         debug_assert!(npages > 0);
         Self {
@@ -71,6 +85,7 @@ impl Memslot {
             as_id: slot.as_id,
             page_shift: page_shift as u8,
             dirty: None,
+            backing,
         }
     }
 
@@ -81,6 +96,7 @@ impl Memslot {
             base_gfn,
             flags,
             dirty: None,
+            backing: Arc::clone(&self.backing),
             ..*self
         };
         if flags.contains(MemFlags::LOG_DIRTY_PAGES) {
@@ -97,6 +113,43 @@ impl Memslot {
         let mut invalid = self.clone();
         invalid.flags |= MemFlags::INVALID;
         invalid
+    }
+
+    /// The slot's backing: what the VMM attached when it created the slot (`()` for none). Moves
+    /// and flag changes keep the very same object.
+    ///
+    /// # When a backing is dropped
+    ///
+    /// Every copy of a slot (the one in each version that has it, its `INVALID` copy, the copies
+    /// hooks and transactions see) shares one `Arc` of the backing, and the backing is dropped
+    /// with the last of them. After a delete, that is when all of these have let go:
+    ///
+    /// - every [`Snapshot`](crate::Snapshot) of a version that has the slot (dropping the last one
+    ///   drops the backing, in the dropping thread);
+    /// - every [`Reader`](crate::Reader) that saw such a version: a reader keeps the versions of
+    ///   its last section (and its last-used slot) until its next section starts after a newer
+    ///   publication, or until it is dropped;
+    /// - the writer, which keeps every replaced version until no reader holds it and frees it at
+    ///   its next publication or grace period ([`Memslots::synchronize`](crate::Memslots::synchronize))
+    ///   after that, so that readers never pay for freeing.
+    ///
+    /// So memory a slot points at is never released while anything can still translate through
+    /// the slot, and an idle reader holds it until it next reads.
+    ///
+    /// Time: O(1).
+    #[must_use]
+    #[inline]
+    pub fn backing(&self) -> &B {
+        &self.backing
+    }
+
+    /// The slot's backing as the shared `Arc` every copy of the slot holds: clone it to keep the
+    /// backing alive past the slot, or compare it with [`Arc::ptr_eq`].
+    ///
+    /// Time: O(1).
+    #[must_use]
+    pub fn backing_arc(&self) -> &Arc<B> {
+        &self.backing
     }
 
     /// The slot's id within its address space.
@@ -210,6 +263,20 @@ impl Memslot {
         ))
     }
 
+    /// Where guest physical address `gpa` lies in the slot, as a byte offset from its start;
+    /// `None` outside the slot.
+    #[inline]
+    pub(crate) fn gpa_offset(&self, gpa: u64) -> Option<u64> {
+        let offset = gpa.wrapping_sub(self.base_gfn.0 << self.page_shift);
+        (offset < self.size()).then_some(offset)
+    }
+
+    /// The page shift the slot was built with.
+    #[inline]
+    pub(crate) fn page_shift(&self) -> u32 {
+        u32::from(self.page_shift)
+    }
+
     /// The guest frame that `hva` falls in, or `None` if `hva` is outside the slot's host range.
     #[must_use]
     pub fn hva_to_gfn(&self, hva: Hva) -> Option<Gfn> {
@@ -233,7 +300,7 @@ impl Memslot {
     /// Whether two slots describe the same memory the same way (all fields but the bitmap's
     /// contents; bitmaps compare by whether logging is on).
     #[must_use]
-    pub fn same_layout(&self, other: &Memslot) -> bool {
+    pub fn same_layout<C>(&self, other: &Memslot<C>) -> bool {
         self.base_gfn == other.base_gfn
             && self.npages == other.npages
             && self.userspace_addr == other.userspace_addr
@@ -244,15 +311,16 @@ impl Memslot {
     }
 }
 
-impl PartialEq for Memslot {
-    fn eq(&self, other: &Self) -> bool {
+/// Slots compare by layout ([`same_layout`](Memslot::same_layout)), not by backing.
+impl<B, C> PartialEq<Memslot<C>> for Memslot<B> {
+    fn eq(&self, other: &Memslot<C>) -> bool {
         self.same_layout(other)
     }
 }
 
-impl Eq for Memslot {}
+impl<B> Eq for Memslot<B> {}
 
-impl fmt::Debug for Memslot {
+impl<B> fmt::Debug for Memslot<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Memslot")
             .field("slot", &self.slot_id())
@@ -302,6 +370,19 @@ impl DirtyBitmap {
     pub fn set(&self, page: u64) {
         if page < self.npages {
             self.words[(page / 64) as usize].fetch_or(1 << (page % 64), Ordering::Relaxed);
+        }
+    }
+
+    /// Marks pages `first..=last` (counted from the slot's base) dirty: one atomic OR per word
+    /// they span. Pages past the end are ignored.
+    pub fn set_range(&self, first: u64, last: u64) {
+        let last = last.min(self.npages.saturating_sub(1));
+        let mut page = first;
+        while page <= last && page < self.npages {
+            let word_end = (page | 63).min(last);
+            let bits = (u64::MAX >> (63 - (word_end - page))) << (page % 64);
+            self.words[(page / 64) as usize].fetch_or(bits, Ordering::Relaxed);
+            page = word_end + 1;
         }
     }
 
@@ -382,7 +463,16 @@ mod tests {
     use super::*;
 
     fn slot(base: u64, npages: u64, hva: u64, flags: MemFlags) -> Memslot {
-        Memslot::new(SlotId::new(0, 1), Gfn(base), npages, Hva(hva), flags, 12)
+        let unit = Arc::new(());
+        Memslot::new(
+            SlotId::new(0, 1),
+            Gfn(base),
+            npages,
+            Hva(hva),
+            flags,
+            12,
+            unit,
+        )
     }
 
     #[test]
@@ -433,6 +523,10 @@ mod tests {
             "kept across a move"
         );
         assert!(!moved.changed(Gfn(500), MemFlags::empty()).dirty_logging());
+        assert!(
+            Arc::ptr_eq(moved.backing_arc(), s.backing_arc()),
+            "same backing"
+        );
     }
 
     #[test]
@@ -445,5 +539,20 @@ mod tests {
         assert_eq!(b.clear(0, &[1 << 63, u64::MAX]), 2);
         assert_eq!(b.take(), vec![1, 0, 1 << 1]);
         assert_eq!(b.take(), vec![0, 0, 0]);
+    }
+
+    #[test]
+    fn bitmap_ranges_set_exactly_their_pages() {
+        let b = DirtyBitmap::new(200);
+        b.set_range(60, 130);
+        b.set_range(199, 500);
+        b.set_range(5, 5);
+        let words = b.take();
+        assert_eq!(words[0], 1 << 5 | 0xf << 60);
+        assert_eq!(words[1], u64::MAX);
+        assert_eq!(words[2], 0b111);
+        assert_eq!(words[3], 1 << (199 - 192));
+        b.set_range(0, u64::MAX);
+        assert_eq!(b.take().iter().map(|w| w.count_ones()).sum::<u32>(), 200);
     }
 }

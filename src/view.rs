@@ -13,6 +13,9 @@ use crate::types::{ChangeKind, Gfn, Hva, Limits, UserspaceMemoryRegion};
 ///
 /// Every query is on an immutable version: nothing a writer does later changes what it answers.
 pub trait MemslotRead {
+    /// What each slot carries (`()` for the layout alone).
+    type Backing;
+
     /// The address space this version belongs to.
     fn as_id(&self) -> u16;
 
@@ -32,27 +35,32 @@ pub trait MemslotRead {
     fn total_pages(&self) -> u64;
 
     /// The slot with id `id`.
-    fn get(&self, id: u16) -> Option<&Memslot>;
+    fn get(&self, id: u16) -> Option<&Memslot<Self::Backing>>;
 
     /// The slot whose gfn range `[base, base + npages)` holds `gfn`.
-    fn find(&self, gfn: Gfn) -> Option<&Memslot>;
+    fn find(&self, gfn: Gfn) -> Option<&Memslot<Self::Backing>>;
 
     /// The slot holding `gfn` or, when none does, the one with the greatest base below `gfn`, or
     /// failing that the lowest slot: the array-era `search_memslots(.., approx = true)` rule. `None`
     /// only when the version is empty.
-    fn find_approx(&self, gfn: Gfn) -> Option<&Memslot>;
+    fn find_approx(&self, gfn: Gfn) -> Option<&Memslot<Self::Backing>>;
 
     /// Every slot, in ascending gfn order.
-    fn iter(&self) -> impl Iterator<Item = &Memslot> + '_;
+    fn iter(&self) -> impl Iterator<Item = &Memslot<Self::Backing>> + '_;
 
     /// The slots intersecting `[start, end)`, in ascending gfn order (none when `start >= end`).
-    fn gfn_range(&self, start: Gfn, end: Gfn) -> impl Iterator<Item = &Memslot> + '_;
+    fn gfn_range(&self, start: Gfn, end: Gfn)
+        -> impl Iterator<Item = &Memslot<Self::Backing>> + '_;
 
     /// Every slot whose host range intersects `[start, end)`, with the gfn range that the clamped
     /// host range covers (partial pages count as whole ones); none when `start >= end`. The trees
     /// yield them in ascending order of host address then slot id, the array in its own order
     /// (descending gfn), as the 5.14 scan did: compare them as sets.
-    fn hva_range(&self, start: Hva, end: Hva) -> impl Iterator<Item = (&Memslot, Range<Gfn>)> + '_;
+    fn hva_range(
+        &self,
+        start: Hva,
+        end: Hva,
+    ) -> impl Iterator<Item = (&Memslot<Self::Backing>, Range<Gfn>)> + '_;
 }
 
 /// A VM's memslots with a writer: the `KVM_SET_USER_MEMORY_REGION` side.

@@ -23,7 +23,12 @@ use crate::view::MemslotStore;
 /// or move first publishes the slot marked `INVALID`, then the final version, as the kernel does, so
 /// generations step the same way.
 ///
-/// `Memslots` is `Send + Sync`: share it behind an `Arc` between the VMM thread and the vCPUs.
+/// `Memslots` is `Send + Sync`, and a handle: a clone is another handle on the same VM (an `Arc`
+/// clone, as vm-memory's `GuestMemoryAtomic`), to hand to the VMM thread, the vCPUs and devices.
+///
+/// The type parameter `B` is what each slot carries: `()` (the default) for the layout alone, or
+/// a backing (the slot's memory, see [`Backing`](crate::Backing) and [`GuestRam`](crate::GuestRam),
+/// or any per-slot data), held by the slot and released by ownership: see [`Memslot::backing`](crate::Memslot::backing).
 ///
 /// | operation | cost |
 /// |---|---|
@@ -48,24 +53,42 @@ use crate::view::MemslotStore;
 /// assert_eq!((before.generation(), vm.snapshot(0).generation()), (2, 6));
 /// # Ok::<(), memslots::Error>(())
 /// ```
-pub struct Memslots {
-    core: Core<MemslotSet>,
+pub struct Memslots<B: Send + Sync + 'static = ()> {
+    core: Arc<Core<MemslotSet<B>>>,
+}
+
+impl<B: Send + Sync + 'static> Clone for Memslots<B> {
+    /// Another handle on the same VM (an `Arc` clone): updates through either are seen by both.
+    fn clone(&self) -> Self {
+        Self {
+            core: Arc::clone(&self.core),
+        }
+    }
 }
 
 impl Memslots {
-    /// An empty VM: every address space empty, address space `i` at generation `i`, no hooks.
+    /// An empty VM whose slots carry no backing: every address space empty, address space `i` at
+    /// generation `i`, no hooks.
+    ///
+    /// Time: O(address spaces).
     #[must_use]
     pub fn new(limits: Limits) -> Self {
         Self {
-            core: Core::new(limits),
+            core: Arc::new(Core::new(limits, Some(Arc::new(())))),
         }
     }
 
     /// An empty VM whose updates call `hooks` at the kernel's `kvm_arch_*` points.
+    ///
+    /// Time: O(address spaces).
     #[must_use]
     pub fn with_hooks(limits: Limits, hooks: impl ArchHooks + 'static) -> Self {
         Self {
-            core: Core::with_hooks(limits, Box::new(hooks)),
+            core: Arc::new(Core::with_hooks(
+                limits,
+                Box::new(hooks),
+                Some(Arc::new(())),
+            )),
         }
     }
 
@@ -76,7 +99,47 @@ impl Memslots {
     #[must_use]
     pub fn weakened_for_loom(limits: Limits) -> Self {
         Self {
-            core: Core::weakened(limits),
+            core: Arc::new(Core::weakened(limits, Some(Arc::new(())))),
+        }
+    }
+}
+
+impl<B: Send + Sync + 'static> Memslots<B> {
+    /// An empty VM whose slots each carry a backing of type `B`: the memory behind the slot (a
+    /// [`GuestRam`](crate::GuestRam), an mmap), or any per-slot data the VMM keeps with it.
+    ///
+    /// Slots are created with [`create_memory_region`](Self::create_memory_region), which takes
+    /// the backing; moves, flag changes and deletes go through
+    /// [`set_user_memory_region`](Self::set_user_memory_region) as usual. A backing is dropped
+    /// once no version, snapshot or reader can reach its slot any more (see
+    /// [`Memslot::backing`](crate::Memslot::backing)).
+    ///
+    /// Time: O(address spaces).
+    ///
+    /// ```
+    /// use memslots::{Gpa, GuestRam, Limits, MemFlags, Memslots, UserspaceMemoryRegion};
+    /// let vm: Memslots<GuestRam> = Memslots::backed(Limits::default());
+    /// let ram = GuestRam::new(0x10000);
+    /// vm.create_memory_region(UserspaceMemoryRegion::new(0, MemFlags::empty(), 0x10_0000, 0x10000, 0x7000_0000), ram)?;
+    /// let slots = vm.snapshot(0);
+    /// slots.write_guest_obj(Gpa(0x10_0ff8), 0x1122_3344_5566_7788u64)?;
+    /// assert_eq!(slots.read_guest_obj::<u64>(Gpa(0x10_0ff8))?, 0x1122_3344_5566_7788);
+    /// # Ok::<(), memslots::Error>(())
+    /// ```
+    #[must_use]
+    pub fn backed(limits: Limits) -> Self {
+        Self {
+            core: Arc::new(Core::new(limits, None)),
+        }
+    }
+
+    /// As [`backed`](Self::backed), with `hooks` called at the kernel's `kvm_arch_*` points.
+    ///
+    /// Time: O(address spaces).
+    #[must_use]
+    pub fn backed_with_hooks(limits: Limits, hooks: impl ArchHooks<B> + 'static) -> Self {
+        Self {
+            core: Arc::new(Core::with_hooks(limits, Box::new(hooks), None)),
         }
     }
 
@@ -108,11 +171,42 @@ impl Memslots {
     /// # Panics
     /// In debug builds, if called from inside a read-side section of this VM on the same thread
     /// (it would wait for itself forever).
+    ///
+    /// On a VM made by [`backed`](Self::backed), a request that would create a slot is refused
+    /// with [`Error::BackingRequired`] (EINVAL) once every kernel check has passed: create it with
+    /// [`create_memory_region`](Self::create_memory_region).
     pub fn set_user_memory_region(
         &self,
         region: UserspaceMemoryRegion,
     ) -> Result<ChangeKind, Error> {
         self.core.update(&region, Origin::User)
+    }
+
+    /// Creates user slot `region.slot` carrying `backing`: `KVM_SET_USER_MEMORY_REGION` for a
+    /// new slot, with the same checks, errors and publication as
+    /// [`set_user_memory_region`](Self::set_user_memory_region).
+    ///
+    /// The backing should cover the slot's `memory_size` bytes: byte access past the backing's
+    /// end fails with [`Error::BackingTooShort`]. Nothing here checks `userspace_addr` against the
+    /// backing: it is the address the slot reports (for hva queries and for KVM), which for memory
+    /// the VMM mapped is where the backing is mapped.
+    ///
+    /// Time: O(log n).
+    ///
+    /// # Errors
+    /// [`Error::SlotExists`] (EEXIST) if the slot already exists (move, re-flag or delete it with
+    /// `set_user_memory_region`), otherwise the kernel's failure for the request as
+    /// [`set_user_memory_region`](Self::set_user_memory_region) gives it. On an error the VM is
+    /// unchanged and `backing` is dropped.
+    ///
+    /// # Panics
+    /// In debug builds, if called from inside a read-side section of this VM on the same thread.
+    pub fn create_memory_region(
+        &self,
+        region: UserspaceMemoryRegion,
+        backing: B,
+    ) -> Result<(), Error> {
+        self.core.create(&region, backing)
     }
 
     /// Creates, deletes, moves or re-flags an internal slot, as the kernel's
@@ -141,7 +235,7 @@ impl Memslots {
     /// In debug builds, committing it from inside a read-side section of this VM on the same
     /// thread panics (it would wait for itself forever).
     #[must_use]
-    pub fn transaction(&self) -> Transaction<'_> {
+    pub fn transaction(&self) -> Transaction<'_, MemslotSet<B>> {
         self.core.transaction()
     }
 
@@ -149,7 +243,7 @@ impl Memslots {
     ///
     /// Time: O(readers): registering takes the registry lock once.
     #[must_use]
-    pub fn reader(&self) -> Reader {
+    pub fn reader(&self) -> Reader<MemslotSet<B>> {
         self.core.reader()
     }
 
@@ -227,12 +321,12 @@ impl Memslots {
     /// # Panics
     /// If `as_id` is not below [`Limits::address_spaces`].
     #[must_use]
-    pub fn snapshot(&self, as_id: u16) -> Snapshot {
+    pub fn snapshot(&self, as_id: u16) -> Snapshot<MemslotSet<B>> {
         Snapshot(self.core.snapshot(as_id))
     }
 
     /// Every address space's current version, read from one published root.
-    pub(crate) fn versions(&self) -> crate::publish::Spaces<Arc<MemslotSet>> {
+    pub(crate) fn versions(&self) -> crate::publish::Spaces<Arc<MemslotSet<B>>> {
         self.core.versions()
     }
 
@@ -245,7 +339,7 @@ impl Memslots {
     }
 }
 
-impl fmt::Debug for Memslots {
+impl<B: Send + Sync + 'static> fmt::Debug for Memslots<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let spaces: Vec<_> = (0..self.limits().address_spaces())
             .map(|as_id| self.snapshot(as_id))
@@ -257,9 +351,9 @@ impl fmt::Debug for Memslots {
     }
 }
 
-impl MemslotStore for Memslots {
-    type Version = MemslotSet;
-    type Snapshot = Snapshot;
+impl<B: Send + Sync + 'static> MemslotStore for Memslots<B> {
+    type Version = MemslotSet<B>;
+    type Snapshot = Snapshot<MemslotSet<B>>;
 
     fn limits(&self) -> &Limits {
         self.limits()
@@ -267,7 +361,7 @@ impl MemslotStore for Memslots {
     fn set_user_memory_region(&self, region: UserspaceMemoryRegion) -> Result<ChangeKind, Error> {
         self.set_user_memory_region(region)
     }
-    fn snapshot(&self, as_id: u16) -> Snapshot {
+    fn snapshot(&self, as_id: u16) -> Snapshot<MemslotSet<B>> {
         self.snapshot(as_id)
     }
 }

@@ -128,7 +128,11 @@ fn resolve(vm: &Memslots, op: &Op) -> UserspaceMemoryRegion {
 }
 
 /// The same layout, generation and answers from both versions of one address space.
-fn assert_same<A: MemslotRead, B: MemslotRead>(tree: &A, array: &B, probes: &[u64]) {
+fn assert_same<A, B>(tree: &A, array: &B, probes: &[u64])
+where
+    A: MemslotRead<Backing = ()>,
+    B: MemslotRead<Backing = ()>,
+{
     assert_eq!(tree.generation(), array.generation());
     assert_eq!(tree.len(), array.len());
     assert_eq!(tree.total_pages(), array.total_pages());
