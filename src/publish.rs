@@ -377,7 +377,8 @@ impl<S: Version> Transaction<'_, S> {
     /// 1. if any published slot is deleted or moved, a version with each such slot marked
     ///    `INVALID` (readers still find it but cannot translate through it), a grace period, and
     ///    [`ArchHooks::flush_shadow`] for each;
-    /// 2. [`ArchHooks::prepare`] for each change, in order;
+    /// 2. [`ArchHooks::prepare`] for each change, in order; if one refuses,
+    ///    [`ArchHooks::abort`] for each change prepared before it, newest first;
     /// 3. the final versions, one per changed address space, all in one swap, and a grace period;
     /// 4. [`ArchHooks::commit`] for each change.
     ///
@@ -443,11 +444,16 @@ impl<S: Version> Transaction<'_, S> {
         }
         let invalid_steps = |as_id: usize| u64::from(invalidated.contains(&as_id));
 
-        for change in &changes {
+        for (prepared, change) in changes.iter().enumerate() {
             if let Err(refusal) =
                 core.hooks
                     .prepare(change.old.as_ref(), change.new.as_ref(), change.kind)
             {
+                // Undo, newest first, the changes whose prepare succeeded.
+                for done in changes[..prepared].iter().rev() {
+                    core.hooks
+                        .abort(done.old.as_ref(), done.new.as_ref(), done.kind);
+                }
                 if !invalidated.is_empty() {
                     // Put the old slots back: the published versions again, one step later.
                     let mut spaces = base.spaces.clone();
