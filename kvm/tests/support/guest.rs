@@ -20,7 +20,7 @@ const LOADED: u16 = 0x10;
 const STORED: u16 = 0x11;
 
 /// What a probe saw.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Access {
     /// The load returned this value from memory.
     Loaded(u32),
@@ -30,6 +30,8 @@ pub enum Access {
     Mmio(u64),
     /// `KVM_RUN` failed with this errno.
     Failed(i32),
+    /// The vCPU stopped some other way (it could not fetch its code, say).
+    Stopped(String),
 }
 
 /// One vCPU running [`CODE`].
@@ -102,7 +104,7 @@ impl Guest {
                     mmio = Some(addr);
                 }
                 Ok(VcpuExit::MmioWrite(addr, _)) => mmio = Some(addr),
-                Ok(other) => panic!("unexpected exit probing {gpa:#x}: {other:?}"),
+                Ok(other) => return Access::Stopped(format!("{other:?}")),
                 Err(e) => return Access::Failed(e.errno()),
             }
         }
