@@ -1,6 +1,7 @@
 //! A tiny guest for probing a VM's memory layout: flat 32-bit protected mode, no paging, one
 //! load or store per run at a gpa the host chooses, reported through port I/O. A hole or a write
 //! to a `READONLY` slot exits as MMIO on the way.
+#![allow(dead_code)] // each test and example uses part of it
 
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 
@@ -43,31 +44,10 @@ pub struct Guest {
 impl Guest {
     /// vCPU 0 of `vm`, in flat protected mode, to run [`CODE`] placed at `code_gpa`.
     pub fn new(vm: &VmFd, code_gpa: u32) -> Self {
-        let vcpu = vm.create_vcpu(0).expect("KVM_CREATE_VCPU");
-        let mut sregs = vcpu.get_sregs().expect("KVM_GET_SREGS");
-        for seg in [
-            &mut sregs.cs,
-            &mut sregs.ds,
-            &mut sregs.es,
-            &mut sregs.ss,
-            &mut sregs.fs,
-            &mut sregs.gs,
-        ] {
-            seg.base = 0;
-            seg.limit = 0xffff_ffff;
-            seg.g = 1;
-            seg.db = 1;
-            seg.present = 1;
-            seg.s = 1;
-            seg.dpl = 0;
-            seg.type_ = 3; // read/write data, accessed
-            seg.selector = 0x10;
+        Self {
+            vcpu: flat_vcpu(vm, 0),
+            code_gpa,
         }
-        sregs.cs.type_ = 11; // execute/read code, accessed
-        sregs.cs.selector = 0x8;
-        sregs.cr0 |= 1; // protected mode, paging off
-        vcpu.set_sregs(&sregs).expect("KVM_SET_SREGS");
-        Self { vcpu, code_gpa }
     }
 
     /// A 4-byte load at `gpa` (4-aligned).
@@ -109,4 +89,34 @@ impl Guest {
             }
         }
     }
+}
+
+/// vCPU `id` of `vm` in flat 32-bit protected mode (every segment base 0, limit 4 GiB), paging
+/// off: gpas below 4 GiB are its linear addresses.
+pub fn flat_vcpu(vm: &VmFd, id: u64) -> VcpuFd {
+    let vcpu = vm.create_vcpu(id).expect("KVM_CREATE_VCPU");
+    let mut sregs = vcpu.get_sregs().expect("KVM_GET_SREGS");
+    for seg in [
+        &mut sregs.cs,
+        &mut sregs.ds,
+        &mut sregs.es,
+        &mut sregs.ss,
+        &mut sregs.fs,
+        &mut sregs.gs,
+    ] {
+        seg.base = 0;
+        seg.limit = 0xffff_ffff;
+        seg.g = 1;
+        seg.db = 1;
+        seg.present = 1;
+        seg.s = 1;
+        seg.dpl = 0;
+        seg.type_ = 3; // read/write data, accessed
+        seg.selector = 0x10;
+    }
+    sregs.cs.type_ = 11; // execute/read code, accessed
+    sregs.cs.selector = 0x8;
+    sregs.cr0 |= 1; // protected mode, paging off
+    vcpu.set_sregs(&sregs).expect("KVM_SET_SREGS");
+    vcpu
 }
