@@ -502,7 +502,7 @@ fn internal_slots() {
 
 /// Refuses the `prepare` of slot 9 and records every `prepare` and `abort`.
 #[derive(Default)]
-struct RefusesSlotNine(Mutex<Vec<String>>);
+struct RefusesSlotNine(Arc<Mutex<Vec<String>>>);
 
 impl ArchHooks for RefusesSlotNine {
     fn prepare(
@@ -533,26 +533,13 @@ impl ArchHooks for RefusesSlotNine {
 
 #[test]
 fn a_refused_prepare_aborts_the_prepared_changes_newest_first() {
-    let hooks = Arc::new(RefusesSlotNine::default());
-    struct Shared(Arc<RefusesSlotNine>);
-    impl ArchHooks for Shared {
-        fn prepare(
-            &self,
-            o: Option<&Memslot>,
-            n: Option<&Memslot>,
-            c: ChangeKind,
-        ) -> Result<(), HookError> {
-            self.0.prepare(o, n, c)
-        }
-        fn abort(&self, o: Option<&Memslot>, n: Option<&Memslot>, c: ChangeKind) {
-            self.0.abort(o, n, c);
-        }
-    }
-    let vm = Memslots::with_hooks(Limits::default(), Shared(Arc::clone(&hooks)));
+    let hooks = RefusesSlotNine::default();
+    let calls = Arc::clone(&hooks.0);
+    let vm = Memslots::with_hooks(Limits::default(), hooks);
     vm.set_user_memory_region(ram(1, 0, 4, MemFlags::empty()))
         .unwrap();
     let before = vm.snapshot(0);
-    hooks.0.lock().unwrap().clear();
+    calls.lock().unwrap().clear();
 
     let mut tx = vm.transaction();
     tx.set_user_memory_region(UserspaceMemoryRegion::delete(1))
@@ -565,7 +552,7 @@ fn a_refused_prepare_aborts_the_prepared_changes_newest_first() {
         .unwrap();
     assert_eq!(tx.commit().unwrap_err().errno(), errno::ENOMEM);
     assert_eq!(
-        *hooks.0.lock().unwrap(),
+        *calls.lock().unwrap(),
         [
             "prepare Delete 1",
             "prepare Create 2",
@@ -577,9 +564,9 @@ fn a_refused_prepare_aborts_the_prepared_changes_newest_first() {
     assert!(vm.snapshot(0).iter().eq(before.iter()), "rolled back");
 
     // A single refused request has nothing to abort.
-    hooks.0.lock().unwrap().clear();
+    calls.lock().unwrap().clear();
     assert!(vm
         .set_user_memory_region(ram(9, 64, 1, MemFlags::empty()))
         .is_err());
-    assert_eq!(*hooks.0.lock().unwrap(), ["prepare Create 9"]);
+    assert_eq!(*calls.lock().unwrap(), ["prepare Create 9"]);
 }

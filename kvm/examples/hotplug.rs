@@ -304,9 +304,8 @@ fn main() {
         .position(|a| a == "--cycles")
         .and_then(|i| args.get(i + 1)?.parse().ok())
         .unwrap_or(20);
-    let kvm = match Kvm::new().and_then(|kvm| kvm.create_vm().map(|_| kvm)) {
-        Ok(kvm) => kvm,
-        Err(e) => return println!("hotplug example skipped: /dev/kvm cannot create a VM ({e})"),
+    let Some(kvm) = guest::kvm_or_skip("hotplug example") else {
+        return;
     };
     for mode in [
         DirtyLogMode::FetchAndClear,

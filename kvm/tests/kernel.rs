@@ -16,7 +16,7 @@ mod guest;
 
 use std::time::{Duration, Instant};
 
-use guest::{Access, Guest};
+use guest::{kvm_or_skip, Access, Guest};
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::{Kvm, VmFd};
 use memslots::{DirtyLogMode, Gfn, Limits, MemFlags, Memslots, Reader, UserspaceMemoryRegion};
@@ -156,16 +156,6 @@ struct Harness {
     pool: Mapping,
     _code: Mapping,
     counts: Counts,
-}
-
-fn kvm_or_skip() -> Option<Kvm> {
-    match Kvm::new().and_then(|kvm| kvm.create_vm().map(|_| kvm)) {
-        Ok(kvm) => Some(kvm),
-        Err(e) => {
-            println!("kernel-differential tests skipped: /dev/kvm cannot create a VM ({e})");
-            None
-        }
-    }
 }
 
 fn show<T>(r: &Result<T, i32>) -> String {
@@ -648,7 +638,9 @@ fn shrink(kvm: &Kvm, mut ops: Vec<Op>, budget: Duration) -> Vec<Op> {
 
 /// A random run of about `seconds`, one fresh VM pair per dirty-log mode in turn.
 fn run(seconds: u64) {
-    let Some(kvm) = kvm_or_skip() else { return };
+    let Some(kvm) = kvm_or_skip("kernel-differential tests") else {
+        return;
+    };
     let seed = std::env::var("MEMSLOTS_KVM_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -775,7 +767,9 @@ fn replays() -> Vec<Vec<Op>> {
 
 #[test]
 fn known_sequences_agree() {
-    let Some(kvm) = kvm_or_skip() else { return };
+    let Some(kvm) = kvm_or_skip("kernel-differential tests") else {
+        return;
+    };
     for ops in replays() {
         if let Some((at, d)) = replay(&kvm, &ops) {
             panic!("replay diverged at op {at}: {d:?}");

@@ -4,7 +4,7 @@
 #[path = "support/guest.rs"]
 mod guest;
 
-use guest::{Access, Guest};
+use guest::{kvm_or_skip, Access, Guest};
 use kvm_ioctls::Kvm;
 use memslots::{
     errno, Backing, ChangeKind, DirtyLogMode, Gpa, Limits, MemFlags, UserspaceMemoryRegion,
@@ -14,16 +14,6 @@ use vm_memory::MmapRegion;
 
 const PAGE: u64 = 4096;
 const CODE_GPA: u32 = 0xffff_f000;
-
-fn kvm_or_skip() -> Option<Kvm> {
-    match Kvm::new().and_then(|kvm| kvm.create_vm().map(|_| kvm)) {
-        Ok(kvm) => Some(kvm),
-        Err(e) => {
-            println!("KvmVm tests skipped: /dev/kvm cannot create a VM ({e})");
-            None
-        }
-    }
-}
 
 /// `pages` of anonymous memory, each 4-byte word holding `tag << 24 | offset`.
 fn memory(pages: u64, tag: u32) -> MmapRegion {
@@ -59,7 +49,9 @@ fn word(tag: u32, offset: u32) -> Access {
 
 #[test]
 fn changes_reach_kvm() {
-    let Some(kvm) = kvm_or_skip() else { return };
+    let Some(kvm) = kvm_or_skip("KvmVm tests") else {
+        return;
+    };
     let (vm, mut guest) = vm_with_guest(&kvm, None);
     let a = memory(4, 0xa);
     let ra = region(0, MemFlags::empty(), 0x10_0000, &a);
@@ -102,7 +94,9 @@ fn changes_reach_kvm() {
 
 #[test]
 fn creating_over_memory_that_is_not_the_slots_is_refused() {
-    let Some(kvm) = kvm_or_skip() else { return };
+    let Some(kvm) = kvm_or_skip("KvmVm tests") else {
+        return;
+    };
     let (vm, _guest) = vm_with_guest(&kvm, None);
     let a = memory(2, 1);
     let elsewhere = UserspaceMemoryRegion {
@@ -127,7 +121,9 @@ fn creating_over_memory_that_is_not_the_slots_is_refused() {
 
 #[test]
 fn a_kvm_refusal_rolls_both_sides_back() {
-    let Some(kvm) = kvm_or_skip() else { return };
+    let Some(kvm) = kvm_or_skip("KvmVm tests") else {
+        return;
+    };
     // memslots without the max-gfn rule accepts what KVM refuses.
     let probed = memslots_kvm::probe_limits(&kvm, &kvm.create_vm().unwrap()).unwrap();
     let max_gfn = probed.max_gfn().expect("x86 has a largest gfn").0;
@@ -173,7 +169,9 @@ fn a_kvm_refusal_rolls_both_sides_back() {
 
 #[test]
 fn dirty_logs_merge_guest_and_device_writes_in_both_modes() {
-    let Some(kvm) = kvm_or_skip() else { return };
+    let Some(kvm) = kvm_or_skip("KvmVm tests") else {
+        return;
+    };
     for mode in [
         DirtyLogMode::FetchAndClear,
         DirtyLogMode::ManualProtect {
@@ -206,7 +204,9 @@ fn dirty_logs_merge_guest_and_device_writes_in_both_modes() {
 
 #[test]
 fn a_layout_restores_through_kvm_and_a_dropped_vm_leaves_holes() {
-    let Some(kvm) = kvm_or_skip() else { return };
+    let Some(kvm) = kvm_or_skip("KvmVm tests") else {
+        return;
+    };
     let (vm, _guest) = vm_with_guest(&kvm, None);
     let a = memory(2, 0xa);
     vm.create_memory_region(region(0, MemFlags::READONLY, 0x10_0000, &a), a)

@@ -3,7 +3,7 @@
 //! to a `READONLY` slot exits as MMIO on the way.
 #![allow(dead_code)] // each test and example uses part of it
 
-use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
+use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 
 /// The probe program, at any gpa below 4 GiB. On entry `ebx` holds the gpa, `ecx` 0 for a load
 /// (reported with `out 0x10, eax`) or 1 for a store of `edx` (then `out 0x11`).
@@ -119,4 +119,15 @@ pub fn flat_vcpu(vm: &VmFd, id: u64) -> VcpuFd {
     sregs.cr0 |= 1; // protected mode, paging off
     vcpu.set_sregs(&sregs).expect("KVM_SET_SREGS");
     vcpu
+}
+
+/// `/dev/kvm`, if it can create a VM; otherwise says in one line that `what` is skipped.
+pub fn kvm_or_skip(what: &str) -> Option<Kvm> {
+    match Kvm::new().and_then(|kvm| kvm.create_vm().map(|_| kvm)) {
+        Ok(kvm) => Some(kvm),
+        Err(e) => {
+            println!("{what} skipped: /dev/kvm cannot create a VM ({e})");
+            None
+        }
+    }
 }
