@@ -1,5 +1,6 @@
 //! `KvmVm` against /dev/kvm: changes reach KVM, refusals roll both sides back, layouts restore,
 //! dirty logs merge guest and device writes. Skips with one line where no VM can be made.
+#![cfg(target_arch = "x86_64")] // the probe guest is x86 code
 
 #[path = "support/guest.rs"]
 mod guest;
@@ -252,4 +253,11 @@ fn a_layout_restores_through_kvm_and_a_dropped_vm_leaves_holes() {
     // The vCPU outlives the VM object: KVM has dropped every slot, the code's too.
     drop(copy);
     assert!(!matches!(guest.load(0x10_1000), Access::Loaded(_)));
+}
+
+#[test]
+fn the_vm_is_shared_between_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<KvmVm<MmapRegion>>();
+    send_sync::<memslots_kvm::Error>();
 }
