@@ -1,49 +1,64 @@
-//! vCPU threads translate guest addresses and mark pages dirty while a management thread
-//! hot-plugs, moves and unplugs memory. Prints lookups per second per vCPU and the latency of each
-//! kind of update (which includes its grace periods: a delete or move waits for every vCPU section
-//! that was open when it published).
+//! vCPU threads load and store guest memory while a management thread hot-plugs, moves,
+//! re-flags and unplugs backed DIMMs and harvests the dirty log, as a simulator or a VMM in live
+//! migration would. Prints memory accesses per second per vCPU and the latency of each kind of
+//! update (which includes its grace periods: a delete or move waits for every vCPU section that
+//! was open when it published), and checks what the vCPUs read.
 //!
 //! `cargo run --release --example vcpu_sim [-- VCPUS SECONDS]` (defaults: 2 vCPUs, 2 seconds).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use memslots::{ChangeKind, Gfn, Limits, MemFlags, Memslots, UserspaceMemoryRegion};
+use memslots::{
+    Backing, ChangeKind, Error, Gpa, GuestRam, Limits, MemFlags, Memslots, Reader,
+    UserspaceMemoryRegion,
+};
 
 const PAGE: u64 = 4096;
 /// Boot RAM: 256 MiB at guest physical 0, logging dirty pages (as during live migration).
 const RAM_PAGES: u64 = 65536;
-/// Hot-pluggable DIMMs: 64 MiB each, above 4 GiB.
-const DIMM_PAGES: u64 = 16384;
-const DIMM_BASE_GFN: u64 = 1 << 20;
+/// Hot-pluggable DIMMs: 16 MiB each, above 4 GiB.
+const DIMM_PAGES: u64 = 4096;
+const DIMM_BASE: u64 = 1 << 32;
 const DIMMS: u32 = 8;
+
+type Vm = Memslots<GuestRam>;
 
 fn main() {
     let mut args = std::env::args().skip(1);
     let vcpus: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(2);
     let seconds: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(2);
 
-    let vm = Arc::new(Memslots::new(Limits::default()));
-    vm.set_user_memory_region(UserspaceMemoryRegion::new(
-        0,
-        MemFlags::LOG_DIRTY_PAGES,
-        0,
-        RAM_PAGES * PAGE,
-        0x7f00_0000_0000,
-    ))
+    let vm: Vm = Memslots::backed(Limits::default());
+    vm.create_memory_region(
+        UserspaceMemoryRegion::new(
+            0,
+            MemFlags::LOG_DIRTY_PAGES,
+            0,
+            RAM_PAGES * PAGE,
+            0x7f00_0000_0000,
+        ),
+        GuestRam::new((RAM_PAGES * PAGE) as usize),
+    )
     .expect("boot RAM");
 
     let stop = Arc::new(AtomicBool::new(false));
+    let running = Arc::new(AtomicUsize::new(0));
     let vcpu_threads: Vec<_> = (0..vcpus)
         .map(|n| {
             let reader = vm.reader();
-            let stop = Arc::clone(&stop);
-            thread::spawn(move || run_vcpu(n as u64, &reader, &stop))
+            let (stop, running) = (Arc::clone(&stop), Arc::clone(&running));
+            thread::spawn(move || run_vcpu(n as u64, &reader, &stop, &running))
         })
         .collect();
+    // Let every vCPU start writing before the first harvest, so that it sees their work.
+    while running.load(Ordering::Acquire) < vcpus {
+        thread::yield_now();
+    }
+    thread::sleep(Duration::from_millis(10));
 
     // The management thread: plug, move, re-flag and unplug DIMMs in a cycle.
     let mut latencies: BTreeMap<&str, Vec<Duration>> = BTreeMap::new();
@@ -51,25 +66,36 @@ fn main() {
     let mut round = 0u64;
     while started.elapsed() < Duration::from_secs(seconds) {
         let dimm = (round % u64::from(DIMMS)) as u32 + 1;
-        let plugged = DIMM_BASE_GFN + u64::from(dimm) * DIMM_PAGES * 2;
-        let region = |gfn: u64, flags: MemFlags| {
+        let plugged = DIMM_BASE + u64::from(dimm) * DIMM_PAGES * PAGE * 2;
+        let region = |gpa: u64, flags: MemFlags| {
             UserspaceMemoryRegion::new(
                 dimm,
                 flags,
-                gfn * PAGE,
+                gpa,
                 DIMM_PAGES * PAGE,
                 0x7e00_0000_0000 + u64::from(dimm) * (DIMM_PAGES * PAGE),
             )
         };
+        // A DIMM arrives with its id in the first word of every page, for the vCPUs to check.
+        let memory = GuestRam::new((DIMM_PAGES * PAGE) as usize);
+        for page in 0..DIMM_PAGES {
+            memory.write_at((page * PAGE) as usize, &u64::from(dimm).to_le_bytes());
+        }
+        let t = Instant::now();
+        vm.create_memory_region(region(plugged, MemFlags::empty()), memory)
+            .expect("a free range");
+        latencies
+            .entry("plug (create)")
+            .or_default()
+            .push(t.elapsed());
         let steps = [
-            ("plug (create)", region(plugged, MemFlags::empty())),
             (
                 "start logging (flags)",
                 region(plugged, MemFlags::LOG_DIRTY_PAGES),
             ),
             (
                 "move",
-                region(plugged + DIMM_PAGES, MemFlags::LOG_DIRTY_PAGES),
+                region(plugged + DIMM_PAGES * PAGE, MemFlags::LOG_DIRTY_PAGES),
             ),
             ("unplug (delete)", UserspaceMemoryRegion::delete(dimm)),
         ];
@@ -103,10 +129,12 @@ fn main() {
     for (n, handle) in vcpu_threads.into_iter().enumerate() {
         let stats = handle.join().expect("vCPU thread");
         println!(
-            "vCPU {n}: {:.1} M lookups/s ({} translated, {} MMIO exits)",
-            stats.lookups as f64 / elapsed / 1e6,
-            stats.translated,
-            stats.lookups - stats.translated
+            "vCPU {n}: {:.1} M accesses/s ({} RAM read-modify-writes, {} DIMM reads checked, {} MMIO exits, {} retries on an INVALID slot)",
+            stats.accesses as f64 / elapsed / 1e6,
+            stats.ram,
+            stats.dimm,
+            stats.mmio,
+            stats.retries
         );
     }
     println!("\nupdate latency (grace periods included):");
@@ -129,35 +157,64 @@ fn main() {
 
 #[derive(Default)]
 struct VcpuStats {
-    lookups: u64,
-    translated: u64,
+    accesses: u64,
+    ram: u64,
+    dimm: u64,
+    mmio: u64,
+    retries: u64,
 }
 
-/// A vCPU: short read-side sections, each translating a burst of guest frames (mostly in RAM,
-/// sometimes in a DIMM that may or may not be plugged) and dirtying what it writes.
-fn run_vcpu(seed: u64, reader: &memslots::Reader, stop: &AtomicBool) -> VcpuStats {
+/// A vCPU: short read-side sections, each a burst of loads and stores (mostly to its own part of
+/// RAM, sometimes to a DIMM that may or may not be plugged, where a miss is an MMIO exit).
+fn run_vcpu(
+    seed: u64,
+    reader: &Reader<memslots::MemslotSet<GuestRam>>,
+    stop: &AtomicBool,
+    running: &AtomicUsize,
+) -> VcpuStats {
     let mut stats = VcpuStats::default();
     let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    // Each vCPU owns a 1024-page stretch of RAM, so it can check what it reads back.
+    let own = seed % 64 * 1024 * PAGE;
+    let mut started = false;
     while !stop.load(Ordering::Relaxed) {
-        let mut guard = reader.read();
+        let mut section = reader.read();
         for _ in 0..64 {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            let gfn = if x % 8 == 0 {
-                Gfn(DIMM_BASE_GFN + x % (u64::from(DIMMS + 2) * DIMM_PAGES * 2))
+            stats.accesses += 1;
+            if x % 8 == 0 {
+                let span = u64::from(DIMMS + 2) * DIMM_PAGES * 2;
+                let gpa = Gpa(DIMM_BASE + x % span * PAGE);
+                match section.read_guest_obj::<u64>(0, gpa) {
+                    Ok(id) => {
+                        let slot = section
+                            .gfn_to_memslot(0, gpa.to_gfn(12))
+                            .expect("just read");
+                        assert_eq!(id, u64::from(slot.id()), "a DIMM page holds its DIMM's id");
+                        stats.dimm += 1;
+                    }
+                    Err(Error::Unmapped { .. }) => stats.mmio += 1,
+                    // Caught in the middle of a move or unplug: the kernel retries the fault.
+                    Err(Error::SlotInvalid { .. }) => stats.retries += 1,
+                    Err(e) => panic!("unexpected {e}"),
+                }
             } else {
-                Gfn(x % RAM_PAGES)
-            };
-            stats.lookups += 1;
-            let translated = guard
-                .gfn_to_memslot(0, gfn)
-                .and_then(|slot| slot.gfn_to_hva_prot(gfn, true).ok())
-                .is_some();
-            if translated {
-                stats.translated += 1;
-                guard.mark_page_dirty(0, gfn);
+                let gpa = Gpa(own + (x % (1024 * PAGE / 8)) * 8);
+                let value = section.read_guest_obj::<u64>(0, gpa).expect("RAM");
+                section
+                    .write_guest_obj(0, gpa, value.wrapping_add(1))
+                    .expect("RAM");
+                let back = section.read_guest_obj::<u64>(0, gpa).expect("RAM");
+                assert_eq!(back, value.wrapping_add(1), "RAM keeps what was written");
+                stats.ram += 1;
             }
+        }
+        drop(section);
+        if !started {
+            started = true;
+            running.fetch_add(1, Ordering::Release);
         }
     }
     stats

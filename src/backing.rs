@@ -67,6 +67,22 @@ pub trait Backing: Send + Sync + 'static {
     fn write_at(&self, offset: usize, data: &[u8]);
 }
 
+/// A shared backing: the same memory behind several slots (KVM allows two slots to map the same
+/// host range), or kept by the VMM beyond its slot.
+impl<T: Backing + ?Sized> Backing for std::sync::Arc<T> {
+    fn len(&self) -> usize {
+        (**self).len()
+    }
+
+    fn read_at(&self, offset: usize, buf: &mut [u8]) {
+        (**self).read_at(offset, buf);
+    }
+
+    fn write_at(&self, offset: usize, data: &[u8]) {
+        (**self).write_at(offset, data);
+    }
+}
+
 /// A plain owned buffer of guest RAM, as a simulator keeps it: zeroed on creation, shared safely
 /// between threads (each aligned 8-byte word is an atomic; accesses use relaxed ordering, as
 /// plain loads and stores to RAM do).

@@ -120,3 +120,23 @@ pub trait ArchHooks<B = ()>: Send + Sync {
 pub struct NoHooks;
 
 impl<B> ArchHooks<B> for NoHooks {}
+
+/// Shared hooks: keep an `Arc` to look at their state while the VM runs them.
+impl<B, H: ArchHooks<B> + ?Sized> ArchHooks<B> for std::sync::Arc<H> {
+    fn prepare(
+        &self,
+        old: Option<&Memslot<B>>,
+        new: Option<&Memslot<B>>,
+        change: ChangeKind,
+    ) -> Result<(), HookError> {
+        (**self).prepare(old, new, change)
+    }
+
+    fn commit(&self, old: Option<&Memslot<B>>, new: Option<&Memslot<B>>, change: ChangeKind) {
+        (**self).commit(old, new, change);
+    }
+
+    fn flush_shadow(&self, slot: &Memslot<B>) {
+        (**self).flush_shadow(slot);
+    }
+}

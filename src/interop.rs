@@ -37,6 +37,7 @@ use crate::vm::{Memslots, Snapshot};
 /// | [`Clone`], [`PartialEq`], `Display` | O(1) |
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
+#[cfg_attr(docsrs, doc(cfg(feature = "vm-memory")))]
 pub enum FromGuestMemoryError {
     /// The region is not mapped in this process (`get_host_address` fails), so it has no host
     /// virtual address to give a slot.
@@ -53,6 +54,7 @@ pub enum FromGuestMemoryError {
     },
 }
 
+#[cfg_attr(docsrs, doc(cfg(feature = "vm-memory")))]
 impl Layout {
     /// The slots that describe `memory`: each region becomes a slot of address space 0, with ids
     /// 0, 1, ... in ascending guest address order, its guest address as `guest_phys_addr`, its
@@ -119,6 +121,7 @@ impl Layout {
     }
 }
 
+#[cfg_attr(docsrs, doc(cfg(feature = "vm-memory")))]
 impl MemslotSet {
     /// Every slot as vm-memory sees a region: its first guest address, its length in bytes, and
     /// the host address it is mapped at; in ascending guest address order. Slots being deleted
@@ -154,10 +157,12 @@ impl MemslotSet {
 /// | the whole walk | O(n) |
 /// | [`next`](Iterator::next) | O(1) amortized; no allocation |
 #[derive(Clone)]
+#[cfg_attr(docsrs, doc(cfg(feature = "vm-memory")))]
 pub struct GuestRegions<'a> {
     slots: Iter<'a>,
 }
 
+#[cfg_attr(docsrs, doc(cfg(feature = "vm-memory")))]
 impl Iterator for GuestRegions<'_> {
     type Item = (GuestAddress, GuestUsize, Hva);
 
@@ -177,9 +182,12 @@ impl Iterator for GuestRegions<'_> {
     }
 }
 
+#[cfg_attr(docsrs, doc(cfg(feature = "vm-memory")))]
 impl ExactSizeIterator for GuestRegions<'_> {}
+#[cfg_attr(docsrs, doc(cfg(feature = "vm-memory")))]
 impl FusedIterator for GuestRegions<'_> {}
 
+#[cfg_attr(docsrs, doc(cfg(feature = "vm-memory")))]
 impl fmt::Debug for GuestRegions<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("GuestRegions")
@@ -188,12 +196,14 @@ impl fmt::Debug for GuestRegions<'_> {
     }
 }
 
+#[cfg_attr(docsrs, doc(cfg(feature = "vm-memory")))]
 impl From<GuestAddress> for Gpa {
     fn from(addr: GuestAddress) -> Self {
         Gpa(addr.0)
     }
 }
 
+#[cfg_attr(docsrs, doc(cfg(feature = "vm-memory")))]
 impl From<Gpa> for GuestAddress {
     fn from(gpa: Gpa) -> Self {
         GuestAddress(gpa.0)
@@ -203,6 +213,7 @@ impl From<Gpa> for GuestAddress {
 /// A slot is a vm-memory region: `start_addr` its first guest physical address, `len` its size,
 /// its bytes those of its backing (which should be at least as long: a range past the backing's
 /// end is an error, never an access).
+#[cfg_attr(docsrs, doc(cfg(feature = "vm-memory")))]
 impl<B> GuestMemoryRegion for Memslot<B>
 where
     B: VolatileMemory + Send + Sync + 'static,
@@ -243,6 +254,7 @@ where
     }
 }
 
+#[cfg_attr(docsrs, doc(cfg(feature = "vm-memory")))]
 impl<B> GuestMemoryRegionBytes for Memslot<B> where B: VolatileMemory + Send + Sync + 'static {}
 
 /// A version is a vm-memory guest memory whose regions are its slots.
@@ -271,6 +283,7 @@ impl<B> GuestMemoryRegionBytes for Memslot<B> where B: VolatileMemory + Send + S
 /// # }
 /// # Ok::<(), memslots::Error>(())
 /// ```
+#[cfg_attr(docsrs, doc(cfg(feature = "vm-memory")))]
 impl<B> GuestMemoryBackend for MemslotSet<B>
 where
     B: VolatileMemory + Send + Sync + 'static,
@@ -290,6 +303,7 @@ where
 /// A VM is a vm-memory address space: [`memory`](GuestAddressSpace::memory) is a snapshot of
 /// address space 0 (`O(1)`), a consistent version that later updates never change, kept as long
 /// as the device holds it (it holds memory, not readers: no grace period waits for it).
+#[cfg_attr(docsrs, doc(cfg(feature = "vm-memory")))]
 impl<B> GuestAddressSpace for Memslots<B>
 where
     B: VolatileMemory + Send + Sync + 'static,
@@ -304,6 +318,7 @@ where
 
 /// vm-memory's mmap regions are backings for the crate's own byte access too.
 #[cfg(feature = "vm-memory-mmap")]
+#[cfg_attr(docsrs, doc(cfg(feature = "vm-memory-mmap")))]
 impl<BM> crate::backing::Backing for vm_memory::MmapRegion<BM>
 where
     BM: vm_memory::bitmap::Bitmap + Send + Sync + 'static,

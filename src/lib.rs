@@ -28,6 +28,13 @@
 //!   removal before any addition.
 //! - [`Layout`]: a whole VM's slots as plain data, to save and restore
 //!   ([`Memslots::layout`], [`Memslots::from_layout`]) and compare.
+//! - Slots that own their memory: [`Memslots<B>`](Memslots) keeps a backing `B` in each slot
+//!   ([`Memslots::backed`], [`Memslots::create_memory_region`]), moved with the slot and dropped
+//!   by ownership once no version, snapshot or reader can reach it; with `B:` [`Backing`]
+//!   ([`GuestRam`], vm-memory's `MmapRegion`), versions and read-side sections read and write
+//!   guest physical memory with KVM's rules ([`MemslotSet::read_guest`],
+//!   [`MemslotSet::write_guest`], [`ReadGuard::write_guest_obj`]), and with the `vm-memory`
+//!   feature they are rust-vmm guest memory that virtio devices run on unchanged.
 //!
 //! The read / write / snapshot cycle:
 //!
@@ -67,15 +74,44 @@
 //! # Ok::<(), memslots::Error>(())
 //! ```
 //!
+//! Guest memory: slots that carry their backing, and byte access through them.
+//!
+//! ```
+//! use memslots::{Gpa, GuestRam, Limits, Memslots, MemFlags, UserspaceMemoryRegion};
+//!
+//! let vm: Memslots<GuestRam> = Memslots::backed(Limits::default());
+//! let ram = UserspaceMemoryRegion::new(0, MemFlags::LOG_DIRTY_PAGES, 0, 1 << 20, 0x7f00_0000_0000);
+//! vm.create_memory_region(ram, GuestRam::new(1 << 20))?;
+//!
+//! // A device thread writes a descriptor; the vCPU reads it back through its section.
+//! let device = vm.snapshot(0);
+//! device.write_guest_obj(Gpa(0x2000), [0xfeed_u32, 0xf00d])?;
+//! let reader = vm.reader();
+//! assert_eq!(reader.read().read_guest_obj::<[u32; 2]>(0, Gpa(0x2000))?, [0xfeed, 0xf00d]);
+//! assert_eq!(vm.get_dirty_log(0)?[0], 1 << 2); // the device's write is in the dirty log
+//!
+//! // Moving the slot moves its memory: the bytes follow, nothing is copied.
+//! vm.set_user_memory_region(UserspaceMemoryRegion { guest_phys_addr: 1 << 30, ..ram })?;
+//! assert_eq!(vm.snapshot(0).read_guest_obj::<u32>(Gpa((1 << 30) + 0x2000))?, 0xfeed);
+//! // A write past the slot, or into a hole, is KVM's EFAULT and names the address.
+//! let err = vm.snapshot(0).write_guest(Gpa(0x2000), &[0]).unwrap_err();
+//! assert_eq!((err.errno(), err.to_string()), (memslots::errno::EFAULT, "no slot holds guest physical address 0x2000".into()));
+//! # Ok::<(), memslots::Error>(())
+//! ```
+//!
 //! # Cargo features
 //!
 //! - `serde`: [`Layout`] and [`UserspaceMemoryRegion`] implement `Serialize` and `Deserialize`.
-//! - `vm-memory`: `Layout::from_guest_memory` builds a layout from a rust-vmm
-//!   `GuestMemoryMmap` (or any `GuestMemoryBackend`), and `MemslotSet::guest_regions` lists a
+//! - `vm-memory`: rust-vmm's vm-memory 0.18 traits, nothing else of it: a version whose slots
+//!   are backed by a `VolatileMemory` is a `GuestMemoryBackend` (so `GuestMemory` and
+//!   `Bytes<GuestAddress>`), `Memslots` is a `GuestAddressSpace`, `Layout::from_guest_memory`
+//!   builds a layout from any `GuestMemoryBackend`, and `MemslotSet::guest_regions` lists a
 //!   version as vm-memory regions.
+//! - `vm-memory-mmap`: `vm-memory` with its mmap backend: `MmapRegion` is a slot [`Backing`].
 //! - `kvm-bindings`: `From` conversions between [`UserspaceMemoryRegion`] and kvm-bindings'
 //!   `kvm_userspace_memory_region`, for passing requests to `kvm-ioctls` (the `memslots-kvm`
 //!   crate of this workspace drives a KVM VM that way).
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 #![doc(test(attr(deny(warnings))))]
@@ -110,6 +146,7 @@ pub use dirty::DirtyLogMode;
 pub use error::{errno, Error, LimitsError, SlotField};
 pub use hooks::{ArchHooks, HookError, NoHooks};
 #[cfg(feature = "vm-memory")]
+#[cfg_attr(docsrs, doc(cfg(feature = "vm-memory")))]
 pub use interop::{FromGuestMemoryError, GuestRegions};
 pub use layout::Layout;
 pub use listener::{replay, MemoryListener};
@@ -122,3 +159,8 @@ pub use types::{
 };
 pub use view::{MemslotRead, MemslotStore};
 pub use vm::{Memslots, Snapshot};
+
+/// README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeExamples;

@@ -77,11 +77,72 @@ pub(crate) struct WriterState {
     pub(crate) dirty_log: crate::dirty::DirtyLogMode,
 }
 
+/// The writer lock, held: by a transaction from its start to its commit, and by the dirty-log
+/// calls. Debug builds record which VMs' locks this thread holds, so that taking one again (a
+/// hook or an open transaction calling `get_dirty_log`) panics instead of waiting forever.
+pub(crate) struct WriterLock<'a> {
+    guard: MutexGuard<'a, WriterState>,
+    #[cfg(all(debug_assertions, not(loom)))]
+    vm: usize,
+}
+
+impl core::ops::Deref for WriterLock<'_> {
+    type Target = WriterState;
+    fn deref(&self) -> &WriterState {
+        &self.guard
+    }
+}
+
+impl core::ops::DerefMut for WriterLock<'_> {
+    fn deref_mut(&mut self) -> &mut WriterState {
+        &mut self.guard
+    }
+}
+
+#[cfg(all(debug_assertions, not(loom)))]
+impl Drop for WriterLock<'_> {
+    fn drop(&mut self) {
+        writer_tracking::release(self.vm);
+    }
+}
+
+/// Debug builds only: the VMs whose writer lock this thread holds.
+#[cfg(all(debug_assertions, not(loom)))]
+mod writer_tracking {
+    use std::cell::RefCell;
+
+    thread_local! {
+        static HELD: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
+    }
+
+    pub(super) fn acquire(vm: usize) {
+        let held = HELD.with(|held| held.borrow().contains(&vm));
+        assert!(
+            !held,
+            "a Memslots call that takes the writer lock (an update, a transaction, get_dirty_log \
+             or clear_dirty_log) was made while this thread already holds it: from an ArchHooks \
+             callback or with a Transaction open; it would wait for itself forever"
+        );
+        HELD.with(|held| held.borrow_mut().push(vm));
+    }
+
+    pub(super) fn release(vm: usize) {
+        HELD.with(|held| {
+            let mut held = held.borrow_mut();
+            if let Some(i) = held.iter().rposition(|&v| v == vm) {
+                held.swap_remove(i);
+            }
+        });
+    }
+}
+
 /// A VM's published memslots and its writer side.
 pub(crate) struct Core<S: Version> {
     limits: Limits,
     published: Arc<Published<S>>,
     writer: Mutex<WriterState>,
+    /// The VM's page count as of the last publication, for lock-free reads.
+    total_pages: crate::sync::AtomicU64,
     hooks: Box<dyn ArchHooks<BackingOf<S>>>,
     /// The backing a slot created by a plain request gets: the one `()` every slot of a
     /// layout-only VM shares, or `None` where creates must bring their own.
@@ -105,6 +166,7 @@ impl<S: Version> Core<S> {
             limits,
             published: Arc::new(Published::new(Root { spaces, version: 0 })),
             writer: Mutex::new(WriterState::default()),
+            total_pages: crate::sync::AtomicU64::new(0),
             hooks,
             implicit_backing,
         }
@@ -152,18 +214,32 @@ impl<S: Version> Core<S> {
         self.published.synchronize();
     }
 
-    /// The VM's page count over all address spaces.
+    /// The VM's page count over all address spaces, as of the last publication; no lock.
     pub(crate) fn total_pages(&self) -> u64 {
-        lock(&self.writer).vm_pages
+        self.total_pages.load(crate::sync::Ordering::Acquire)
     }
 
-    /// Takes the writer lock for reads that must not race an update (the dirty-log calls).
-    pub(crate) fn lock_writer(&self) -> MutexGuard<'_, WriterState> {
-        lock(&self.writer)
+    /// Takes the writer lock (for a transaction, and for reads that must not race an update:
+    /// the dirty-log calls).
+    ///
+    /// # Panics
+    /// In debug builds, if this thread already holds it.
+    pub(crate) fn lock_writer(&self) -> WriterLock<'_> {
+        #[cfg(all(debug_assertions, not(loom)))]
+        let vm = {
+            let vm = self as *const Self as usize;
+            writer_tracking::acquire(vm);
+            vm
+        };
+        WriterLock {
+            guard: lock(&self.writer),
+            #[cfg(all(debug_assertions, not(loom)))]
+            vm,
+        }
     }
 
     pub(crate) fn transaction(&self) -> Transaction<'_, S> {
-        let writer = lock(&self.writer);
+        let writer = self.lock_writer();
         let base = self.published.root();
         Transaction {
             vm_pages: writer.vm_pages,
@@ -252,7 +328,7 @@ struct Change<B> {
 /// ```
 pub struct Transaction<'a, S: Version = crate::MemslotSet> {
     core: &'a Core<S>,
-    writer: MutexGuard<'a, WriterState>,
+    writer: WriterLock<'a>,
     /// The root published when the transaction began (still current: the writer lock is held).
     base: Arc<Root<S>>,
     /// Working copies, made on the first change to an address space.
@@ -484,6 +560,8 @@ impl<S: Version> Transaction<'_, S> {
         core.publish(spaces, version);
         core.synchronize();
         writer.vm_pages = vm_pages;
+        core.total_pages
+            .store(vm_pages, crate::sync::Ordering::Release);
         for change in &changes {
             core.hooks
                 .commit(change.old.as_ref(), change.new.as_ref(), change.kind);

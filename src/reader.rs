@@ -327,6 +327,7 @@ impl<S: Version> fmt::Debug for Reader<S> {
 /// | [`slots`](Self::slots) | O(1) |
 /// | [`gfn_to_memslot`](Self::gfn_to_memslot) | O(1) on a cache hit, O(log n) otherwise |
 /// | [`mark_page_dirty`](Self::mark_page_dirty) | as `gfn_to_memslot`, plus one atomic OR |
+/// | [`read_guest`](Self::read_guest), [`write_guest`](Self::write_guest) and the `_obj` forms | O(1) plus the copy inside the last-used slot, else as [`MemslotSet::read_guest`](crate::MemslotSet::read_guest) |
 /// | dropping it | O(1): one store |
 pub struct ReadGuard<'r, S: Version = crate::MemslotSet> {
     cache: RefMut<'r, ReaderCache<S>>,
@@ -416,7 +417,9 @@ impl<S: Version> ReadGuard<'_, S> {
         self.gfn_to_memslot(as_id, gfn);
         let cache = &*self.cache;
         let set = cache.root.spaces.get(usize::from(as_id))?;
-        Some((set, cache.last_used.as_ref().map(Borrow::borrow)))
+        // The last-used slot may belong to another address space when `gfn` is in a hole.
+        let last = cache.last_used.as_ref().map(Borrow::borrow);
+        Some((set, last.filter(|s: &&Memslot<_>| s.as_id() == as_id)))
     }
 
     /// Marks `gfn` dirty in its slot's bitmap (KVM's `mark_page_dirty`); ignored when no slot

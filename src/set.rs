@@ -84,6 +84,7 @@ impl<B: 'static> Summary<HvaKey, Arc<Memslot<B>>> for MaxEnd {
 /// | [`hva_range`](Self::hva_range) | O(log n + k) nodes for k overlapping slots |
 /// | [`len`](Self::len), [`generation`](Self::generation), [`total_pages`](Self::total_pages) | O(1) |
 /// | [`Clone`] | O(1) |
+/// | [`read_guest`](Self::read_guest), [`write_guest`](Self::write_guest) and the `_obj` forms (`B:` [`Backing`](crate::Backing)) | O(log n) per slot the range spans, plus the copy |
 /// | an update (by [`Memslots`](crate::Memslots)) | O(log n) time, O(log n) new nodes |
 ///
 /// ```

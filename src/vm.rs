@@ -233,7 +233,8 @@ impl<B: Send + Sync + 'static> Memslots<B> {
     ///
     /// # Panics
     /// In debug builds, committing it from inside a read-side section of this VM on the same
-    /// thread panics (it would wait for itself forever).
+    /// thread panics (it would wait for itself forever), and so does starting it while this
+    /// thread holds the writer lock (another transaction open, or from a hook).
     #[must_use]
     pub fn transaction(&self) -> Transaction<'_, MemslotSet<B>> {
         self.core.transaction()
@@ -289,6 +290,10 @@ impl<B: Send + Sync + 'static> Memslots<B> {
     /// [`Error::InvalidAddressSpace`] or [`Error::InvalidSlotId`] (EINVAL) for an address space
     /// or id out of range, [`Error::SlotNotFound`] or [`Error::DirtyLogDisabled`] (ENOENT) for a
     /// missing slot or one that does not log.
+    ///
+    /// # Panics
+    /// In debug builds, if this thread holds the writer lock: from an [`ArchHooks`] callback, or
+    /// with a [`Transaction`] open (it takes the writer lock, and would wait for itself forever).
     pub fn get_dirty_log(&self, slot: u32) -> Result<Vec<u64>, Error> {
         self.core.get_dirty_log(slot)
     }
@@ -303,6 +308,9 @@ impl<B: Send + Sync + 'static> Memslots<B> {
     /// multiple of 64 (EINVAL), a missing slot or one that does not log (ENOENT), a range outside
     /// the slot or ending mid-word before the slot's end (EINVAL), a `mask` shorter than the
     /// range (EFAULT).
+    ///
+    /// # Panics
+    /// As [`get_dirty_log`](Self::get_dirty_log).
     pub fn clear_dirty_log(
         &self,
         slot: u32,
@@ -330,9 +338,10 @@ impl<B: Send + Sync + 'static> Memslots<B> {
         self.core.versions()
     }
 
-    /// The pages of every slot in every address space (KVM's `nr_memslot_pages`).
+    /// The pages of every slot in every address space (KVM's `nr_memslot_pages`), as of the last
+    /// update that finished.
     ///
-    /// Time: O(1); takes the writer lock.
+    /// Time: O(1); no lock.
     #[must_use]
     pub fn total_pages(&self) -> u64 {
         self.core.total_pages()

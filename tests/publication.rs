@@ -500,6 +500,73 @@ fn internal_slots() {
     );
 }
 
+/// Calls that take the writer lock, made where this thread already holds it, panic in debug
+/// builds instead of waiting forever; `total_pages` takes no lock and works anywhere.
+#[cfg(debug_assertions)]
+mod writer_lock_reentry {
+    use super::*;
+
+    struct DirtyLogFromFlush(Mutex<Option<Memslots>>, AtomicU32);
+
+    impl ArchHooks for DirtyLogFromFlush {
+        fn flush_shadow(&self, _: &Memslot) {
+            let vm = self.0.lock().unwrap().clone().expect("set");
+            self.1.store(vm.total_pages() as u32, Ordering::SeqCst);
+            let _ = vm.get_dirty_log(0);
+        }
+    }
+
+    #[test]
+    fn get_dirty_log_from_a_hook_panics() {
+        let hooks = Arc::new(DirtyLogFromFlush(Mutex::new(None), AtomicU32::new(0)));
+        let vm = Memslots::with_hooks(Limits::default(), Arc::clone(&hooks));
+        *hooks.0.lock().unwrap() = Some(vm.clone());
+        vm.set_user_memory_region(ram(0, 0, 4, MemFlags::LOG_DIRTY_PAGES))
+            .unwrap();
+        let deleting = {
+            let vm = vm.clone();
+            thread::spawn(move || vm.set_user_memory_region(UserspaceMemoryRegion::delete(0)))
+        };
+        let panic = deleting.join().unwrap_err();
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .expect("a message");
+        assert!(message.contains("already holds it"), "{message}");
+        assert_eq!(
+            hooks.1.load(Ordering::SeqCst),
+            4,
+            "total_pages answered from the hook"
+        );
+        hooks.0.lock().unwrap().take();
+    }
+
+    #[test]
+    #[should_panic(expected = "already holds it")]
+    fn get_dirty_log_with_a_transaction_open_panics() {
+        let vm = Memslots::new(Limits::default());
+        vm.set_user_memory_region(ram(0, 0, 4, MemFlags::LOG_DIRTY_PAGES))
+            .unwrap();
+        let _tx = vm.transaction();
+        let _ = vm.get_dirty_log(0);
+    }
+
+    #[test]
+    fn the_lock_is_free_again_after_a_transaction() {
+        let vm = Memslots::new(Limits::default());
+        vm.set_user_memory_region(ram(0, 0, 4, MemFlags::LOG_DIRTY_PAGES))
+            .unwrap();
+        drop(vm.transaction());
+        let mut tx = vm.transaction();
+        tx.set_user_memory_region(UserspaceMemoryRegion::delete(0))
+            .unwrap();
+        tx.commit().unwrap();
+        assert_eq!(vm.total_pages(), 0);
+        assert!(vm.get_dirty_log(0).is_err());
+    }
+}
+
 /// Refuses the `prepare` of slot 9 and records every `prepare` and `abort`.
 #[derive(Default)]
 struct RefusesSlotNine(Arc<Mutex<Vec<String>>>);
