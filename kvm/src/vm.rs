@@ -210,6 +210,32 @@ impl<B: KvmMemory> ArchHooks<B> for Forward {
 /// | [`set_user_memory_region`](Self::set_user_memory_region), [`create_memory_region`](Self::create_memory_region) | memslots' O(log n) plus one ioctl |
 /// | [`get_dirty_log`](Self::get_dirty_log), [`clear_dirty_log`](Self::clear_dirty_log) | O(npages / 64) plus one ioctl |
 /// | [`restore`](Self::restore) | O(n log n) plus n ioctls |
+///
+/// ```
+/// use memslots::{Backing, ChangeKind, Gpa, MemFlags, UserspaceMemoryRegion};
+/// use memslots_kvm::{KvmMemory, KvmVm};
+/// use vm_memory::MmapRegion;
+///
+/// // Where /dev/kvm cannot make a VM, there is nothing to show.
+/// let Ok(kvm) = kvm_ioctls::Kvm::new() else { return Ok(()) };
+/// let Ok(fd) = kvm.create_vm() else { return Ok(()) };
+/// let vm: KvmVm<MmapRegion> = KvmVm::new(&kvm, fd)?;
+/// let ram = MmapRegion::new(0x10000)?;
+/// let region = UserspaceMemoryRegion::new(0, MemFlags::LOG_DIRTY_PAGES, 0x10_0000, 0x10000, ram.host_addr());
+/// vm.create_memory_region(region, ram)?; // in memslots and in KVM
+///
+/// // A device writes through memslots; the merged dirty log has the page.
+/// vm.snapshot(0).write_guest(Gpa(0x10_3000), b"virtio")?;
+/// assert_eq!(vm.get_dirty_log(0)?, [1 << 3]);
+///
+/// // Moves reach KVM too; an overlap is refused by memslots before KVM is asked.
+/// let moved = UserspaceMemoryRegion { guest_phys_addr: 0x20_0000, ..region };
+/// assert_eq!(vm.set_user_memory_region(moved)?, ChangeKind::Move);
+/// let other = MmapRegion::new(0x1000)?;
+/// let clash = UserspaceMemoryRegion::new(1, MemFlags::empty(), 0x20_0000, 0x1000, other.host_addr());
+/// assert_eq!(vm.create_memory_region(clash, other).unwrap_err().errno(), memslots::errno::EEXIST);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct KvmVm<B: KvmMemory> {
     slots: Memslots<B>,
     vm: Arc<VmFd>,
