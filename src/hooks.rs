@@ -132,6 +132,10 @@ impl<B, H: ArchHooks<B> + ?Sized> ArchHooks<B> for std::sync::Arc<H> {
         (**self).prepare(old, new, change)
     }
 
+    fn abort(&self, old: Option<&Memslot<B>>, new: Option<&Memslot<B>>, change: ChangeKind) {
+        (**self).abort(old, new, change);
+    }
+
     fn commit(&self, old: Option<&Memslot<B>>, new: Option<&Memslot<B>>, change: ChangeKind) {
         (**self).commit(old, new, change);
     }

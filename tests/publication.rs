@@ -602,7 +602,8 @@ impl ArchHooks for RefusesSlotNine {
 fn a_refused_prepare_aborts_the_prepared_changes_newest_first() {
     let hooks = RefusesSlotNine::default();
     let calls = Arc::clone(&hooks.0);
-    let vm = Memslots::with_hooks(Limits::default(), hooks);
+    // Through an `Arc`, which passes every call on.
+    let vm = Memslots::with_hooks(Limits::default(), Arc::new(hooks));
     vm.set_user_memory_region(ram(1, 0, 4, MemFlags::empty()))
         .unwrap();
     let before = vm.snapshot(0);
