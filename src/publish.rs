@@ -418,18 +418,20 @@ impl<S: Version> Transaction<'_, S> {
         let checked = change::check(&limits, region, origin)?;
         let as_id = usize::from(checked.slot.as_id);
         let base = &self.base.spaces[as_id];
-        let space = self.spaces[as_id].get_or_insert_with(|| S::clone(base));
+        let current = self.spaces[as_id].as_ref().unwrap_or(base);
         let backing = match creation {
-            Creation::Only(_) if space.get(checked.slot.id).is_some() => {
+            Creation::Only(_) if current.get(checked.slot.id).is_some() => {
                 return Err(Error::SlotExists { slot: checked.slot });
             }
             Creation::Only(backing) | Creation::Allowed(backing) => Some(backing),
             Creation::Refused => None,
         };
-        let plan = change::classify(&limits, checked, &*space, self.vm_pages, backing)?;
+        let plan = change::classify(&limits, checked, current, self.vm_pages, backing)?;
         if plan.kind == ChangeKind::Unchanged {
             return Ok(ChangeKind::Unchanged);
         }
+        // Copied only now: an address space with no accepted change is not published again.
+        let space = self.spaces[as_id].get_or_insert_with(|| S::clone(base));
         let id = plan.slot.id;
         let old = space.get(id).cloned();
         crate::dirty::arm_new_bitmap(self.writer.dirty_log, old.as_ref(), plan.new.as_ref());

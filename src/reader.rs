@@ -230,6 +230,17 @@ impl<S> fmt::Debug for Published<S> {
 /// assert_eq!(vm.get_dirty_log(0)?[1], 1 << 2); // page 0x42 = word 1, bit 2
 /// # Ok::<(), memslots::Error>(())
 /// ```
+///
+/// Sharing one `Reader` between threads does not compile (`Reader` is not `Sync`):
+///
+/// ```compile_fail,E0277
+/// use memslots::{Limits, Memslots};
+/// let vm = Memslots::new(Limits::default());
+/// let reader = vm.reader();
+/// std::thread::scope(|s| {
+///     s.spawn(|| drop(reader.read()));
+/// });
+/// ```
 pub struct Reader<S: Version = crate::MemslotSet> {
     published: Arc<Published<S>>,
     entry: Arc<ReaderEntry>,
@@ -329,6 +340,19 @@ impl<S: Version> fmt::Debug for Reader<S> {
 /// | [`mark_page_dirty`](Self::mark_page_dirty) | as `gfn_to_memslot`, plus one atomic OR |
 /// | [`read_guest`](Self::read_guest), [`write_guest`](Self::write_guest) and the `_obj` forms | O(1) plus the copy inside the last-used slot, else as [`MemslotSet::read_guest`](crate::MemslotSet::read_guest) |
 /// | dropping it | O(1): one store |
+///
+/// A section ends on the thread that began it: sending a guard to another thread does not
+/// compile (`ReadGuard` is not `Send`):
+///
+/// ```compile_fail,E0277
+/// use memslots::{Limits, Memslots};
+/// let vm = Memslots::new(Limits::default());
+/// let reader = vm.reader();
+/// let guard = reader.read();
+/// std::thread::scope(|s| {
+///     s.spawn(move || drop(guard));
+/// });
+/// ```
 pub struct ReadGuard<'r, S: Version = crate::MemslotSet> {
     cache: RefMut<'r, ReaderCache<S>>,
     reader: &'r Reader<S>,

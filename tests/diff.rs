@@ -1,8 +1,13 @@
 //! `MemslotSet::diff`: what it reports, and that it skips what two versions share.
 
+#[path = "support/rng.rs"]
+mod rng;
+
 use memslots::{
     ChangeKind, Diff, Gfn, Limits, MemFlags, Memslot, Memslots, Snapshot, UserspaceMemoryRegion,
 };
+
+use rng::XorShift;
 
 const PAGE: u64 = 4096;
 
@@ -167,11 +172,9 @@ fn versions_of_one_run_diff_as_their_layouts_do() {
     // Each step's diff against every kept version agrees with a comparison of full listings.
     let vm = Memslots::new(Limits::default());
     let mut kept: Vec<Snapshot> = vec![vm.snapshot(0)];
-    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let mut rng = XorShift(0x2545_f491_4f6c_dd1d);
     for _ in 0..400 {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
+        let x = rng.next_u64();
         let id = (x % 24) as u16;
         let req = if x % 5 == 0 {
             UserspaceMemoryRegion::delete(u32::from(id))

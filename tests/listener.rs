@@ -1,9 +1,10 @@
 //! `replay` and `MemoryListener`: removals before additions, so that a consumer that cannot hold
 //! two overlapping regions never has to.
 
-#[path = "support/requests.rs"]
-#[allow(dead_code)]
-mod requests;
+#[path = "support/mirror.rs"]
+mod mirror;
+#[path = "support/rng.rs"]
+mod rng;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
@@ -11,7 +12,8 @@ use memslots::{
     replay, Diff, Limits, MemFlags, MemoryListener, Memslot, MemslotSet, Memslots,
     UserspaceMemoryRegion,
 };
-use requests::Mirror;
+use mirror::Mirror;
+use rng::XorShift;
 
 const PAGE: u64 = 4096;
 
@@ -192,16 +194,14 @@ fn a_listener_can_be_a_trait_object() {
 #[test]
 fn a_long_random_run_replayed_step_by_step_and_in_leaps() {
     let vm = Memslots::new(Limits::default());
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
     let start = vm.snapshot(0);
     let mut seen = start.clone();
     let mut follower = Mirror::of(&start);
     let mut leaps = Vec::new();
     let mut applied = 0;
     for step in 0..3000 {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
+        let x = rng.next_u64();
         let id = (x % 16) as u16;
         let req = match x % 7 {
             0 => UserspaceMemoryRegion::delete(u32::from(id)),

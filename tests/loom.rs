@@ -1,12 +1,12 @@
 //! Model checks of the publish / grace-period protocol: every interleaving (up to the preemption
-//! bound) of a writer and a reader. Run with
+//! bound) of a writer and one or two readers. Run with
 //! `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=3 cargo test --release --test loom`.
 #![cfg(loom)]
 
 use loom::sync::atomic::{AtomicBool, Ordering};
 use loom::sync::Arc;
 use loom::thread;
-use memslots::{Limits, MemFlags, Memslots, UserspaceMemoryRegion};
+use memslots::{ArchHooks, Limits, MemFlags, Memslot, Memslots, UserspaceMemoryRegion};
 
 fn limits() -> Limits {
     Limits::default().with_address_spaces(1).unwrap()
@@ -73,5 +73,76 @@ fn sections_see_generations_in_order_and_the_writer_always_finishes() {
         vm.set_user_memory_region(slot(1, 8)).unwrap();
         vcpu.join().unwrap();
         assert_eq!(vm.snapshot(0).generation(), 3);
+    });
+}
+
+#[test]
+fn two_readers_each_hold_up_the_writer() {
+    // The writer must wait for both sections, whichever order they begin and end in.
+    loom::model(|| {
+        let vm = Arc::new(Memslots::new(limits()));
+        let reclaimed = Arc::new(AtomicBool::new(false));
+        let vcpus: Vec<_> = (0..2)
+            .map(|_| {
+                let reader = vm.reader();
+                let reclaimed = Arc::clone(&reclaimed);
+                thread::spawn(move || {
+                    let guard = reader.read();
+                    let old = guard.slots(0).get(1).is_none();
+                    // Checked as the section ends: all through it the old version was alive.
+                    assert!(
+                        !(old && reclaimed.load(Ordering::Acquire)),
+                        "the old version was reclaimed while a section still used it"
+                    );
+                    drop(guard);
+                })
+            })
+            .collect();
+        vm.set_user_memory_region(slot(1, 0)).unwrap();
+        reclaimed.store(true, Ordering::Release);
+        for vcpu in vcpus {
+            vcpu.join().unwrap();
+        }
+    });
+}
+
+/// Records that `flush_shadow` ran (a VMM zaps the slot's shadow page tables there).
+struct FlushFlag(Arc<AtomicBool>);
+
+impl ArchHooks for FlushFlag {
+    fn flush_shadow(&self, _slot: &Memslot) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+#[test]
+fn flush_shadow_runs_only_after_every_section_that_saw_the_valid_slot() {
+    // A delete publishes the slot INVALID, waits a grace period, then flushes. A section that
+    // found the slot still valid may translate through it (and fill shadow page tables) until
+    // it ends, so it must never observe the flush.
+    loom::model(|| {
+        let flushed = Arc::new(AtomicBool::new(false));
+        let vm = Arc::new(Memslots::with_hooks(
+            limits(),
+            FlushFlag(Arc::clone(&flushed)),
+        ));
+        vm.set_user_memory_region(slot(1, 0)).unwrap();
+        let reader = vm.reader();
+        let vcpu = {
+            let flushed = Arc::clone(&flushed);
+            thread::spawn(move || {
+                let guard = reader.read();
+                let valid = guard.slots(0).get(1).is_some_and(|s| !s.is_invalid());
+                assert!(
+                    !(valid && flushed.load(Ordering::Acquire)),
+                    "flush_shadow ran while a section could still use the valid slot"
+                );
+                drop(guard);
+            })
+        };
+        vm.set_user_memory_region(UserspaceMemoryRegion::delete(1))
+            .unwrap();
+        assert!(flushed.load(Ordering::Acquire), "a delete flushes");
+        vcpu.join().unwrap();
     });
 }

@@ -1,235 +1,129 @@
-//! Differential tests: random request sequences applied to the trees and to the array baseline
-//! must give the same result and the same visible layout after every step, and the trees'
-//! invariants must hold throughout.
+//! Differential tests: generated request runs applied to the trees and to the array baseline
+//! must give the same result, the same layout and the same answers to every query after every
+//! step, and the trees' invariants must hold throughout; the same runs cut into transactions
+//! must give the same per-request results and final layout as the baseline one request at a
+//! time. The generator is `support/requests.rs` and the checks `support/differential.rs`, shared
+//! with the fuzz target.
+//!
+//! The baseline shares the validation code (`src/change.rs`) and the publication protocol with
+//! the trees: these tests check storage, copying, publication and queries, not the kernel's
+//! rules, which `tests/semantics.rs` and `src/change.rs`'s unit tests check.
+//!
+//! Shapes: runs of [`Scale::Many`] hold a couple of hundred slots in one address space, so the
+//! set's trees have three levels (five and more when built with `--cfg memslots_small_nodes`,
+//! node width 4, as `.ci/run` does), and their deletes merge nodes; with 4-wide nodes the few
+//! slots of a [`Scale::Few`] run already split into two levels and merge back.
+//! [`generated_runs_reach_deep_trees_and_shrink_them`] shows it.
 
-use memslots::baseline::ArrayMemslots;
-use memslots::{
-    ChangeKind, Error, Gfn, Hva, Limits, MemFlags, Memslot, MemslotRead, Memslots,
-    UserspaceMemoryRegion,
-};
+#[path = "support/differential.rs"]
+#[allow(dead_code)] // each includer uses its own part
+mod differential;
+
+use differential::requests::{self, Run, Scale, Step, STEP_BYTES};
+use memslots::tree::{Tree, DEFAULT_B};
+use memslots::{ChangeKind, Limits, Memslots, UserspaceMemoryRegion};
+use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
+use proptest::test_runner::TestRunner;
 
-const PAGE: u64 = 4096;
-
-/// One step of a run. The `*Existing` steps pick a slot that exists (by index into the current
-/// layout) so that moves and flag changes, which need the slot's own hva and size, are common.
-#[derive(Clone, Debug)]
-enum Op {
-    Raw(UserspaceMemoryRegion),
-    MoveExisting {
-        pick: usize,
-        gpa_page: u64,
-        flags: u32,
-    },
-    ReflagExisting {
-        pick: usize,
-        flags: u32,
-    },
-    DeleteExisting {
-        pick: usize,
-    },
+/// Runs of `scale` decoded from proptest's bytes, one chunk per step so that a failing run
+/// shrinks by dropping steps; `steps` does not count the prefill.
+fn runs(many: bool, steps: std::ops::Range<usize>) -> impl Strategy<Value = Run> {
+    let header = any::<[u8; 2]>()
+        .prop_map(move |[s, prefill]| [if many { s | 0x80 } else { s & 0x7f }, prefill]);
+    let chunks = vec(vec(any::<u8>(), STEP_BYTES), steps);
+    (header, chunks).prop_map(|(header, chunks)| requests::decode_chunks(header, &chunks))
 }
 
-fn slot_field() -> impl Strategy<Value = u32> {
-    let id = prop_oneof![
-        8 => 0u32..6,
-        1 => 32760u32..32768,
-        1 => Just(0xffff),
-    ];
-    let as_id = prop_oneof![6 => Just(0u32), 3 => Just(1u32), 1 => 2u32..4];
-    (as_id, id).prop_map(|(a, i)| (a << 16) | i)
-}
-
-fn flags() -> impl Strategy<Value = u32> {
-    prop_oneof![
-        12 => 0u32..4,
-        1 => Just(4u32),
-        1 => Just(MemFlags::INVALID.bits()),
-    ]
-}
-
-fn aligned(pages: std::ops::Range<u64>) -> impl Strategy<Value = u64> {
-    prop_oneof![
-        20 => pages.prop_map(|p| p * PAGE),
-        1 => any::<u64>(),
-        1 => 1u64..PAGE,
-        1 => Just(!(PAGE - 1)),
-    ]
-}
-
-fn region() -> impl Strategy<Value = UserspaceMemoryRegion> {
-    let size = prop_oneof![
-        3 => Just(0u64),
-        20 => (1u64..12).prop_map(|p| p * PAGE),
-        1 => Just(PAGE << 31),
-        1 => 1u64..PAGE,
-    ];
-    (
-        slot_field(),
-        flags(),
-        aligned(0..48),
-        size,
-        aligned(0x100..0x110),
-    )
-        .prop_map(|(slot, flags, gpa, size, hva)| UserspaceMemoryRegion {
-            slot,
-            flags,
-            guest_phys_addr: gpa,
-            memory_size: size,
-            userspace_addr: hva,
-        })
-}
-
-fn op() -> impl Strategy<Value = Op> {
-    prop_oneof![
-        6 => region().prop_map(Op::Raw),
-        3 => (any::<usize>(), 0u64..48, flags())
-            .prop_map(|(pick, gpa_page, flags)| Op::MoveExisting { pick, gpa_page, flags }),
-        2 => (any::<usize>(), flags()).prop_map(|(pick, flags)| Op::ReflagExisting { pick, flags }),
-        1 => any::<usize>().prop_map(|pick| Op::DeleteExisting { pick }),
-    ]
-}
-
-/// Turns a step into a request, reading the current layout for the `*Existing` steps.
-fn resolve(vm: &Memslots, op: &Op) -> UserspaceMemoryRegion {
-    let existing = |pick: usize| -> Option<Memslot> {
-        let all: Vec<Memslot> = (0..2)
-            .flat_map(|a| vm.snapshot(a).iter().cloned().collect::<Vec<_>>())
-            .collect();
-        (!all.is_empty()).then(|| all[pick % all.len()].clone())
-    };
-    let as_request = |s: &Memslot, gpa: u64, flags: u32| UserspaceMemoryRegion {
-        slot: u32::from(s.slot_id()),
-        flags,
-        guest_phys_addr: gpa,
-        memory_size: s.npages() * PAGE,
-        userspace_addr: s.userspace_addr().0,
-    };
-    match *op {
-        Op::Raw(r) => r,
-        Op::MoveExisting {
-            pick,
-            gpa_page,
-            flags,
-        } => existing(pick).map_or(UserspaceMemoryRegion::delete(0), |s| {
-            let ro = s.flags().bits() & MemFlags::READONLY.bits();
-            as_request(&s, gpa_page * PAGE, (flags & !2) | ro)
-        }),
-        Op::ReflagExisting { pick, flags } => existing(pick)
-            .map_or(UserspaceMemoryRegion::delete(0), |s| {
-                as_request(&s, s.base_gfn().0 * PAGE, flags)
-            }),
-        Op::DeleteExisting { pick } => existing(pick)
-            .map_or(UserspaceMemoryRegion::delete(0), |s| {
-                UserspaceMemoryRegion::delete(u32::from(s.slot_id()))
-            }),
-    }
-}
-
-/// The same layout, generation and answers from both versions of one address space.
-fn assert_same<A, B>(tree: &A, array: &B, probes: &[u64])
-where
-    A: MemslotRead<Backing = ()>,
-    B: MemslotRead<Backing = ()>,
-{
-    assert_eq!(tree.generation(), array.generation());
-    assert_eq!(tree.len(), array.len());
-    assert_eq!(tree.total_pages(), array.total_pages());
-    assert!(tree.iter().eq(array.iter()), "layouts differ");
-    for &p in probes {
-        let g = Gfn(p);
-        assert_eq!(tree.find(g), array.find(g), "find({p:#x})");
-        assert_eq!(
-            tree.find_approx(g),
-            array.find_approx(g),
-            "find_approx({p:#x})"
-        );
-        assert!(
-            tree.gfn_range(g, Gfn(p.saturating_add(5)))
-                .eq(array.gfn_range(g, Gfn(p.saturating_add(5)))),
-            "gfn_range({p:#x})"
-        );
-        let hva = Hva(0x100 * PAGE + (p % 24) * PAGE / 2);
-        let end = Hva(hva.0 + (p % 5) * PAGE);
-        let in_tree_order: Vec<_> = tree.hva_range(hva, end).map(|(s, r)| (s.id(), r)).collect();
-        let key = |id: u16| (tree.get(id).unwrap().userspace_addr(), id);
-        assert!(
-            in_tree_order.windows(2).all(|w| key(w[0].0) < key(w[1].0)),
-            "tree hva_range out of order"
-        );
-        let mut a = in_tree_order;
-        let mut b: Vec<_> = array
-            .hva_range(hva, end)
-            .map(|(s, r)| (s.id(), r))
-            .collect();
-        a.sort_by_key(|(id, _)| *id);
-        b.sort_by_key(|(id, _)| *id);
-        assert_eq!(a, b, "hva_range({hva:?}, {end:?})");
-    }
-    for id in (0..8).chain(32760..32768) {
-        assert_eq!(tree.get(id), array.get(id));
-    }
-}
-
-fn run(ops: &[Op]) {
-    let limits = Limits::default();
-    let tree = Memslots::new(limits);
-    let array = ArrayMemslots::new(limits);
-    let probes: Vec<u64> = (0..64).chain([u64::MAX, 1 << 52]).collect();
-    for op in ops {
-        let req = resolve(&tree, op);
-        let before: Vec<_> = (0..2).map(|a| tree.snapshot(a)).collect();
-        let got: Result<ChangeKind, Error> = tree.set_user_memory_region(req);
-        let want = array.set_user_memory_region(req);
-        assert_eq!(got, want, "request {req:?}");
-        if got.is_err() || got == Ok(ChangeKind::Unchanged) {
-            for (a, snap) in before.iter().enumerate() {
-                assert!(
-                    snap.ptr_eq(&tree.snapshot(a as u16)),
-                    "a refused or no-op request published a version"
-                );
-            }
-        }
-        for a in 0..2 {
-            let t = tree.snapshot(a);
-            t.check_invariants().unwrap();
-            assert_same(&*t, &*array.snapshot(a), &probes);
-        }
-        let pages: u64 = (0..2).map(|a| tree.snapshot(a).total_pages()).sum();
-        assert_eq!(tree.total_pages(), pages);
+fn cases(debug: u32, release: u32) -> ProptestConfig {
+    ProptestConfig {
+        cases: if cfg!(debug_assertions) {
+            debug
+        } else {
+            release
+        },
+        ..ProptestConfig::default()
     }
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig {
-        cases: if cfg!(debug_assertions) { 256 } else { 4096 },
-        ..ProptestConfig::default()
-    })]
+    #![proptest_config(cases(256, 4096))]
 
     #[test]
-    fn trees_match_the_array_design(ops in prop::collection::vec(op(), 1..120)) {
-        run(&ops);
+    fn trees_match_the_array_design(run in runs(false, 1..120)) {
+        differential::one_by_one(&run);
+    }
+
+    #[test]
+    fn transactions_match_the_array_design_one_request_at_a_time(run in runs(false, 1..120)) {
+        differential::in_transactions(&run);
+    }
+}
+
+proptest! {
+    #![proptest_config(cases(8, 64))]
+
+    #[test]
+    fn trees_of_hundreds_of_slots_match_the_array_design(run in runs(true, 1..80)) {
+        differential::one_by_one(&run);
+    }
+
+    #[test]
+    fn transactions_on_hundreds_of_slots_match_the_array_design(run in runs(true, 1..200)) {
+        differential::in_transactions(&run);
+    }
+}
+
+#[test]
+fn cases_proptest_once_shrank_to() {
+    // A delete with a host address on an empty VM (refused by neither, published by neither).
+    let steps = vec![Step::Raw(UserspaceMemoryRegion {
+        userspace_addr: 1 << 20,
+        ..UserspaceMemoryRegion::delete(0)
+    })];
+    let run = Run {
+        limits: Limits::default(),
+        scale: Scale::Few,
+        steps,
+    };
+    differential::one_by_one(&run);
+    differential::in_transactions(&run);
+}
+
+/// `n` runs drawn from `runs` with a fixed seed.
+fn sample(strategy: impl Strategy<Value = Run>, n: usize) -> Vec<Run> {
+    let mut runner = TestRunner::deterministic();
+    (0..n)
+        .map(|_| strategy.new_tree(&mut runner).expect("a run").current())
+        .collect()
+}
+
+/// Applies a run's requests one by one (no checks), calling `seen` with each result.
+fn replay_run(
+    run: &Run,
+    mut seen: impl FnMut(&UserspaceMemoryRegion, &Result<ChangeKind, memslots::Error>),
+) {
+    let vm = Memslots::new(run.limits);
+    let page = run.limits.page_size();
+    for step in &run.steps {
+        if let Some(req) = requests::request(&vm.layout().regions, page, step) {
+            seen(&req, &vm.set_user_memory_region(req));
+        }
     }
 }
 
 #[test]
 fn every_change_kind_appears_in_generated_runs() {
     // Guards the generator: a model test that never moves a slot would prove little.
-    let mut runner = proptest::test_runner::TestRunner::deterministic();
     let mut seen = std::collections::HashSet::new();
-    for _ in 0..20 {
-        let ops = prop::collection::vec(op(), 100)
-            .new_tree(&mut runner)
-            .unwrap()
-            .current();
-        let vm = Memslots::new(Limits::default());
-        for op in &ops {
-            match vm.set_user_memory_region(resolve(&vm, op)) {
-                Ok(kind) => seen.insert(format!("{kind:?}")),
-                Err(e) => seen.insert(format!("errno {}", e.errno())),
-            };
-        }
+    for run in sample(runs(false, 100..101), 20) {
+        replay_run(&run, |_, result| {
+            seen.insert(match result {
+                Ok(kind) => format!("{kind:?}"),
+                Err(e) => format!("errno {}", e.errno()),
+            });
+        });
     }
     for want in [
         "Create",
@@ -242,4 +136,119 @@ fn every_change_kind_appears_in_generated_runs() {
     ] {
         assert!(seen.contains(want), "{want} never happened: {seen:?}");
     }
+}
+
+/// What a set of runs did to the shape of the set's trees.
+#[derive(Debug, Default)]
+struct Shapes {
+    runs: usize,
+    /// Runs whose trees reached three levels or more.
+    deep_runs: usize,
+    deepest: usize,
+    most_slots: usize,
+    /// Accepted changes made to a tree of three levels or more.
+    changes_at_depth_3: usize,
+    /// Deletes that left a tree with fewer nodes, not empty: merges.
+    merging_deletes: usize,
+    /// Deletes that left a tree with fewer levels, not empty.
+    shrinking_deletes: usize,
+}
+
+/// The shapes a run's id trees go through. The set's id tree gets an insert for every created
+/// slot and a remove for every deleted one (moves and flag changes replace a value under its
+/// key); a [`Tree`] of the same width given the same inserts and removes has the same shape,
+/// so this measures the set's trees without opening them.
+fn shapes(runs: &[Run]) -> Shapes {
+    let mut out = Shapes::default();
+    for run in runs {
+        let mut shadows = vec![Tree::<u16, ()>::new(); usize::from(run.limits.address_spaces())];
+        let mut deepest = 0;
+        replay_run(run, |req, result| {
+            let Ok(kind) = result else { return };
+            let slot = req.slot_id();
+            let tree = &mut shadows[usize::from(slot.as_id)];
+            let (depth, nodes) = (tree.depth(), tree.node_count());
+            if depth >= 3 && *kind != ChangeKind::Unchanged {
+                out.changes_at_depth_3 += 1;
+            }
+            match kind {
+                ChangeKind::Create => {
+                    tree.insert(slot.id, ());
+                }
+                ChangeKind::Delete => {
+                    tree.remove(&slot.id);
+                    if !tree.is_empty() {
+                        out.merging_deletes += usize::from(tree.node_count() < nodes);
+                        out.shrinking_deletes += usize::from(tree.depth() < depth);
+                    }
+                }
+                _ => {}
+            }
+            deepest = deepest.max(tree.depth());
+            out.most_slots = out.most_slots.max(tree.len());
+        });
+        out.runs += 1;
+        out.deep_runs += usize::from(deepest >= 3);
+        out.deepest = out.deepest.max(deepest);
+    }
+    out
+}
+
+#[test]
+fn generated_runs_reach_deep_trees_and_shrink_them() {
+    // Guards the generator's reach: with one-leaf trees the differential checks would never see
+    // a split, a merge or a search through internal nodes.
+    let many = shapes(&sample(runs(true, 200..201), 6));
+    let few = shapes(&sample(runs(false, 120..121), 60));
+    eprintln!("node width {DEFAULT_B}\n  hundreds of slots: {many:?}\n  up to 16 ids: {few:?}");
+    // A tree of d levels holds at most B^d entries, so this many slots need three levels.
+    assert!(many.most_slots > DEFAULT_B * DEFAULT_B, "{many:?}");
+    // Runs with small slot limits stay shallow; the others all go deep.
+    assert!(many.deep_runs * 2 > many.runs, "{many:?}");
+    assert!(many.changes_at_depth_3 > 100, "{many:?}");
+    assert!(many.merging_deletes >= 5, "{many:?}");
+    if DEFAULT_B == 4 {
+        assert!(many.deepest >= 5, "{many:?}");
+        assert!(few.deepest >= 2, "{few:?}");
+        assert!(
+            few.merging_deletes > 0 && few.shrinking_deletes > 0,
+            "{few:?}"
+        );
+    }
+}
+
+#[test]
+fn generated_transactions_mix_changes_refusals_and_invalidations() {
+    // Guards the transaction check: batches of one change, or without a delete or move of a
+    // published slot, would leave most of `Transaction::commit` unchecked.
+    let (mut batches, mut several, mut refused, mut invalidating) = (0, 0, 0, 0);
+    for run in sample(runs(false, 120..121), 40) {
+        let vm = Memslots::new(run.limits);
+        let page = run.limits.page_size();
+        for batch in run.steps.split(|s| matches!(s, Step::Anchor)) {
+            let published = vm.layout();
+            let (mut accepted, mut errors, mut invalidates) = (0, 0, false);
+            for step in batch {
+                let req = requests::request(&vm.layout().regions, page, step).expect("a request");
+                match vm.set_user_memory_region(req) {
+                    Ok(ChangeKind::Unchanged) => {}
+                    Ok(kind) => {
+                        accepted += 1;
+                        invalidates |= matches!(kind, ChangeKind::Delete | ChangeKind::Move)
+                            && published.regions.iter().any(|r| r.slot == req.slot);
+                    }
+                    Err(_) => errors += 1,
+                }
+            }
+            batches += 1;
+            several += usize::from(accepted >= 2);
+            refused += usize::from(accepted >= 1 && errors >= 1);
+            invalidating += usize::from(invalidates);
+        }
+    }
+    eprintln!(
+        "{batches} batches: {several} with several changes, {refused} with a refusal among \
+         changes, {invalidating} deleting or moving a published slot"
+    );
+    assert!(several * 4 > batches && refused * 4 > batches && invalidating * 4 > batches);
 }

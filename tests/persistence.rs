@@ -1,26 +1,16 @@
 //! Versions are immutable: every snapshot taken during a run answers at the end exactly as it did
 //! when it was taken. Readers rely on this, and so does every structural-sharing shortcut.
 
+#[path = "support/rng.rs"]
+mod rng;
+
 use memslots::{
     ChangeKind, Gfn, Limits, MemFlags, Memslot, Memslots, Snapshot, UserspaceMemoryRegion,
 };
 
+use rng::XorShift;
+
 const PAGE: u64 = 4096;
-
-/// A tiny deterministic generator, so the run is the same every time.
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 fn layout(s: &Snapshot) -> Vec<Memslot> {
     s.iter().cloned().collect()

@@ -287,6 +287,31 @@ fn transactions_validate_against_their_own_state_and_publish_once() {
 }
 
 #[test]
+fn a_transaction_publishes_only_the_address_spaces_it_changes() {
+    let vm = Memslots::new(Limits::default());
+    vm.set_user_memory_region(ram(1 << 16, 0, 16, MemFlags::empty()))
+        .unwrap();
+    let untouched = vm.snapshot(1);
+    let mut tx = vm.transaction();
+    tx.set_user_memory_region(ram(0, 0, 16, MemFlags::empty()))
+        .unwrap();
+    // Refused (overlap) and unchanged requests in address space 1 change nothing there.
+    let overlapping = ram((1 << 16) | 1, 8, 1, MemFlags::empty());
+    assert_eq!(
+        tx.set_user_memory_region(overlapping).unwrap_err().errno(),
+        errno::EEXIST
+    );
+    let same = ram(1 << 16, 0, 16, MemFlags::empty());
+    assert_eq!(tx.set_user_memory_region(same), Ok(ChangeKind::Unchanged));
+    tx.commit().unwrap();
+    assert_eq!(vm.snapshot(0).len(), 1);
+    assert!(
+        vm.snapshot(1).ptr_eq(&untouched),
+        "address space 1 published again"
+    );
+}
+
+#[test]
 fn readers_never_see_half_a_transaction() {
     let vm = Arc::new(Memslots::new(Limits::default()));
     let stop = Arc::new(AtomicBool::new(false));

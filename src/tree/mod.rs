@@ -78,8 +78,13 @@ use node::{child_index, rank_le, rank_lt, Leaf, Node};
 /// returned and moved by value.
 pub const MAX_DEPTH: usize = 20;
 
-/// The node width [`Tree`] uses unless told otherwise.
-pub const DEFAULT_B: usize = 16;
+/// The node width [`Tree`] uses unless told otherwise, and so the width of the memslot set's
+/// trees.
+///
+/// Built with `--cfg memslots_small_nodes` (tests only; `.ci/run` does it) it is 4, the smallest
+/// width, so that a handful of slots already makes trees of several levels and the differential
+/// tests meet splits, merges and multi-level searches.
+pub const DEFAULT_B: usize = if cfg!(memslots_small_nodes) { 4 } else { 16 };
 
 /// Per-subtree summary (augmentation), cached for every child of every
 /// internal node. `()` is the no-summary case.

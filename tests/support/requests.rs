@@ -1,30 +1,28 @@
-//! Arbitrary bytes as a run of `KVM_SET_USER_MEMORY_REGION` requests, and the checks made after
-//! every request. One piece of code for the `requests` fuzz target and the stable test suite
-//! (`tests/fuzz_decoder.rs`), which include this file by path.
+//! The request generator of the differential tests: bytes as a run of
+//! `KVM_SET_USER_MEMORY_REGION` requests. `tests/model.rs` feeds it proptest's bytes one chunk
+//! per step (so that a failing case shrinks step by step); the `requests` fuzz target and
+//! `tests/fuzz_decoder.rs` feed it whole byte strings. The checks made on a run are in
+//! `differential.rs`.
 //!
-//! [`run`] applies each request to [`Memslots`] and to the array baseline and panics unless:
-//! both give the same result; a refused or no-op request publishes nothing; every version passes
-//! `check_invariants`; both VMs list the same layout, and rebuilding a VM from it gives it back;
-//! the diff from the previous version (and from an older kept one) is exactly what changed, and
-//! the layouts' diff says the same; and a listener driven by [`replay`] follows along without
-//! ever holding two overlapping slots.
+//! A run's first byte picks its limits and its [`Scale`]: with [`Scale::Few`] 16 ids per
+//! address space crowd a small guest range, so overlaps, limits and every refusal are common;
+//! with [`Scale::Many`] the run first creates a couple of hundred slots in address space 0, so
+//! that its trees have several levels and the later steps split, merge and search them.
 
-use std::collections::BTreeMap;
-
-use memslots::baseline::ArrayMemslots;
-use memslots::{
-    replay, ChangeKind, Diff, Layout, Limits, MemFlags, MemoryListener, Memslot, MemslotRead,
-    MemslotSet, Memslots, SlotId, Snapshot, UserspaceMemoryRegion,
-};
+use memslots::{Limits, MemFlags, UserspaceMemoryRegion};
 
 /// Reads the input front to back; `None` once it runs out.
-pub struct Bytes<'a>(&'a [u8]);
+pub struct Bytes<'a>(pub &'a [u8]);
 
 impl Bytes<'_> {
     fn byte(&mut self) -> Option<u8> {
         let (&first, rest) = self.0.split_first()?;
         self.0 = rest;
         Some(first)
+    }
+
+    fn u16(&mut self) -> Option<u16> {
+        Some(u16::from_le_bytes([self.byte()?, self.byte()?]))
     }
 
     fn u64(&mut self) -> Option<u64> {
@@ -38,7 +36,57 @@ impl Bytes<'_> {
     fn u32(&mut self) -> Option<u32> {
         Some(self.u64()? as u32)
     }
+
+    /// A number below `n`, from one byte when that covers it and from two otherwise.
+    fn below(&mut self, n: u64) -> Option<u64> {
+        let x = if n <= 256 {
+            u64::from(self.byte()?)
+        } else {
+            u64::from(self.u16()?)
+        };
+        Some(x % n)
+    }
 }
+
+/// How many slots a run works with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scale {
+    /// Ids below 16 in 96 guest pages.
+    Few,
+    /// `prefill` slots created first (ids `0..prefill`, one every four guest pages), then ids up
+    /// to 16 past them in eight times as many pages, half of them empty so that moves succeed.
+    Many {
+        /// How many slots the run creates before its own steps.
+        prefill: u16,
+    },
+}
+
+impl Scale {
+    fn ids(self) -> u64 {
+        match self {
+            Scale::Few => 16,
+            Scale::Many { prefill } => u64::from(prefill) + 16,
+        }
+    }
+
+    fn gpa_pages(self) -> u64 {
+        match self {
+            Scale::Few => 96,
+            Scale::Many { prefill } => 8 * u64::from(prefill),
+        }
+    }
+
+    /// Host pages new slots are placed in, from page `HVA_BASE_PAGE`.
+    fn hva_pages(self) -> u64 {
+        match self {
+            Scale::Few => 16,
+            Scale::Many { prefill } => 4 * u64::from(prefill),
+        }
+    }
+}
+
+/// First host page of the slots a run creates.
+pub const HVA_BASE_PAGE: u64 = 0x100;
 
 /// One step of a run. The `*Existing` steps name a slot that exists, by its index in the current
 /// layout, so that moves and flag changes (which must repeat the slot's host address and size)
@@ -48,17 +96,116 @@ pub enum Step {
     /// A request as decoded.
     Raw(UserspaceMemoryRegion),
     /// Move an existing slot to another guest page, maybe with other flags.
-    MoveExisting { pick: u8, gpa_page: u64, flags: u32 },
+    MoveExisting {
+        /// Index into the current layout, modulo its length.
+        pick: u16,
+        /// The guest page to move to.
+        gpa_page: u64,
+        /// The new flags; READONLY is kept as the slot has it.
+        flags: u32,
+    },
     /// Set an existing slot's flags.
-    ReflagExisting { pick: u8, flags: u32 },
+    ReflagExisting {
+        /// Index into the current layout, modulo its length.
+        pick: u16,
+        /// The new flags.
+        flags: u32,
+    },
     /// Delete an existing slot.
-    DeleteExisting { pick: u8 },
-    /// Keep the current versions as the anchor that later diffs and replays start from.
+    DeleteExisting {
+        /// Index into the current layout, modulo its length.
+        pick: u16,
+    },
+    /// A checkpoint: the one-by-one checks take the current versions as the anchor that later
+    /// diffs and replays start from; the transaction checks commit there.
     Anchor,
 }
 
-/// The limits a run uses, from its first byte: the default, and small ones that reach the
-/// limits quickly.
+/// A decoded run: its limits, its scale and its steps (the prefill first).
+#[derive(Clone, Debug)]
+pub struct Run {
+    /// The limits both designs are built with.
+    pub limits: Limits,
+    /// How many slots the run works with.
+    pub scale: Scale,
+    /// The steps, in order.
+    pub steps: Vec<Step>,
+}
+
+impl Run {
+    /// The run a header selects, with its prefill and no other step yet: the first byte picks
+    /// the limits (low bits) and the scale (top bit), the second the prefill of a
+    /// [`Scale::Many`] run.
+    pub fn start(header: &mut Bytes<'_>) -> Run {
+        let selector = header.byte().unwrap_or(0);
+        let limits = limits(selector & 0x7f);
+        let scale = if selector & 0x80 == 0 {
+            Scale::Few
+        } else {
+            let wanted = 160 + u16::from(header.byte().unwrap_or(0));
+            Scale::Many {
+                prefill: wanted.min(limits.user_slots()),
+            }
+        };
+        let mut run = Run {
+            limits,
+            scale,
+            steps: Vec::new(),
+        };
+        if let Scale::Many { prefill } = scale {
+            let page = limits.page_size();
+            run.steps.extend((0..u64::from(prefill)).map(|i| {
+                let flags = if i % 4 == 1 {
+                    MemFlags::LOG_DIRTY_PAGES
+                } else {
+                    MemFlags::empty()
+                };
+                Step::Raw(UserspaceMemoryRegion::new(
+                    i as u32,
+                    flags,
+                    4 * i * page,
+                    (1 + i % 3) * page,
+                    (HVA_BASE_PAGE + 4 * i) * page,
+                ))
+            }));
+        }
+        run
+    }
+
+    /// Decodes one step from `b` and appends it; `false` once `b` is too short for one.
+    pub fn push(&mut self, b: &mut Bytes<'_>) -> bool {
+        match step(b, &self.limits, self.scale) {
+            Some(step) => {
+                self.steps.push(step);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// The run that `data` encodes: a header, then steps to the end (trailing bytes too few for a
+/// step are ignored).
+pub fn decode(data: &[u8]) -> Run {
+    let mut b = Bytes(data);
+    let mut run = Run::start(&mut b);
+    while run.push(&mut b) {}
+    run
+}
+
+/// The run of a header and one chunk per step (a chunk too short for a step adds none).
+pub fn decode_chunks(header: [u8; 2], chunks: &[Vec<u8>]) -> Run {
+    let mut run = Run::start(&mut Bytes(&header));
+    for chunk in chunks {
+        run.push(&mut Bytes(chunk));
+    }
+    run
+}
+
+/// Bytes enough for any one step.
+pub const STEP_BYTES: usize = 48;
+
+/// The limits a run uses: the default, and small ones that reach the limits quickly.
 fn limits(selector: u8) -> Limits {
     let default = Limits::default();
     let chosen = match selector % 6 {
@@ -76,20 +223,24 @@ fn limits(selector: u8) -> Limits {
     chosen.expect("valid limits")
 }
 
-fn slot_field(b: &mut Bytes<'_>, limits: &Limits) -> Option<u32> {
+fn slot_field(b: &mut Bytes<'_>, limits: &Limits, scale: Scale) -> Option<u32> {
     let x = b.byte()?;
-    let as_id = u32::from(x >> 6);
-    let low = u32::from(x & 0x1f);
-    let id = if x & 0x20 == 0 {
-        low % 12
-    } else {
+    let as_id = match scale {
+        // Mostly 0 and 1, now and then address spaces that may not exist.
+        Scale::Few => [0, 0, 0, 0, 1, 1, 2, 3][usize::from(x >> 5)],
+        // Mostly the prefilled address space 0.
+        Scale::Many { .. } => u32::from(x >> 6 == 3),
+    };
+    let id = if x & 0x1c == 0x1c {
         // Around the user-slot and total-slot limits, and the largest id.
-        match low % 4 {
+        match x % 4 {
             0 => u32::from(limits.user_slots()) - 1,
             1 => u32::from(limits.user_slots()),
             2 => u32::from(limits.total_slots()),
             _ => 0xffff,
         }
+    } else {
+        b.below(scale.ids())? as u32
     };
     Some((as_id << 16) | id)
 }
@@ -104,11 +255,12 @@ fn flags(b: &mut Bytes<'_>) -> Option<u32> {
     })
 }
 
-/// A page-aligned address most of the time, anything now and then.
+/// A page-aligned address in `pages` pages from `base_page` most of the time, anything now and
+/// then.
 fn address(b: &mut Bytes<'_>, page: u64, base_page: u64, pages: u64) -> Option<u64> {
     let x = b.byte()?;
     Some(match x {
-        0..=239 => (base_page + u64::from(x) % pages) * page,
+        0..=239 => (base_page + b.below(pages)?) * page,
         240..=243 => b.u64()?,
         244..=247 => u64::from(x) & (page - 1),
         _ => !(page - 1),
@@ -127,37 +279,32 @@ fn size(b: &mut Bytes<'_>, limits: &Limits) -> Option<u64> {
     })
 }
 
-/// The limits and steps that `data` encodes; trailing bytes too few for a step are ignored.
-pub fn decode(data: &[u8]) -> (Limits, Vec<Step>) {
-    let mut b = Bytes(data);
-    let limits = limits(b.byte().unwrap_or(0));
+fn step(b: &mut Bytes<'_>, limits: &Limits, scale: Scale) -> Option<Step> {
     let page = limits.page_size();
-    let mut steps = Vec::new();
-    while let Some(step) = step(&mut b, &limits, page) {
-        steps.push(step);
-    }
-    (limits, steps)
-}
-
-fn step(b: &mut Bytes<'_>, limits: &Limits, page: u64) -> Option<Step> {
-    Some(match b.byte()? % 16 {
+    let kind = match (b.byte()? % 16, scale) {
+        // Among many slots, deletes instead of some moves and flag changes (a quarter of the
+        // steps), so that the big trees also merge.
+        (8 | 9 | 11, Scale::Many { .. }) => 12,
+        (kind, _) => kind,
+    };
+    Some(match kind {
         0..=5 => Step::Raw(UserspaceMemoryRegion {
-            slot: slot_field(b, limits)?,
+            slot: slot_field(b, limits, scale)?,
             flags: flags(b)?,
-            guest_phys_addr: address(b, page, 0, 48)?,
+            guest_phys_addr: address(b, page, 0, scale.gpa_pages())?,
             memory_size: size(b, limits)?,
-            userspace_addr: address(b, page, 0x100, 16)?,
+            userspace_addr: address(b, page, HVA_BASE_PAGE, scale.hva_pages())?,
         }),
         6..=9 => Step::MoveExisting {
-            pick: b.byte()?,
-            gpa_page: u64::from(b.byte()? % 48),
+            pick: b.u16()?,
+            gpa_page: b.below(scale.gpa_pages())?,
             flags: flags(b)?,
         },
         10 | 11 => Step::ReflagExisting {
-            pick: b.byte()?,
+            pick: b.u16()?,
             flags: flags(b)?,
         },
-        12 => Step::DeleteExisting { pick: b.byte()? },
+        12 => Step::DeleteExisting { pick: b.u16()? },
         13 => Step::Raw(UserspaceMemoryRegion {
             slot: b.u32()?,
             flags: b.u32()?,
@@ -169,13 +316,16 @@ fn step(b: &mut Bytes<'_>, limits: &Limits, page: u64) -> Option<Step> {
     })
 }
 
-/// The request a step makes against the VM as it is now; `None` for [`Step::Anchor`].
-pub fn request(vm: &Memslots, step: &Step) -> Option<UserspaceMemoryRegion> {
-    let existing = |pick: u8| {
-        let regions = vm.layout().regions;
-        (!regions.is_empty()).then(|| regions[usize::from(pick) % regions.len()])
-    };
-    let page = vm.limits().page_size();
+/// The request a step makes against a VM whose layout is `regions` (as
+/// [`Memslots::layout`](memslots::Memslots::layout) lists it) and whose page size is `page`;
+/// `None` for [`Step::Anchor`].
+pub fn request(
+    regions: &[UserspaceMemoryRegion],
+    page: u64,
+    step: &Step,
+) -> Option<UserspaceMemoryRegion> {
+    let existing =
+        |pick: u16| (!regions.is_empty()).then(|| regions[usize::from(pick) % regions.len()]);
     Some(match *step {
         Step::Raw(region) => region,
         Step::MoveExisting {
@@ -200,220 +350,4 @@ pub fn request(vm: &Memslots, step: &Step) -> Option<UserspaceMemoryRegion> {
             }),
         Step::Anchor => return None,
     })
-}
-
-/// A listener that mirrors the slots it is told about and panics on anything a consumer that
-/// cannot hold overlapping regions would trip over: an addition overlapping a held slot, a
-/// removal of a slot it does not hold, a removal after an addition in one replay, a callback
-/// outside `begin`/`commit`.
-#[derive(Clone, Debug, Default)]
-pub struct Mirror {
-    held: BTreeMap<SlotId, Memslot>,
-    in_replay: bool,
-    added: bool,
-    /// Callbacks received other than `begin` and `commit`.
-    pub events: usize,
-}
-
-impl Mirror {
-    /// A mirror that holds `set`'s slots, as if it had been told about them.
-    pub fn of(set: &MemslotSet) -> Self {
-        Mirror {
-            held: set.iter().map(|s| (s.slot_id(), s.clone())).collect(),
-            ..Mirror::default()
-        }
-    }
-
-    /// Panics unless the mirror holds exactly `set`'s slots.
-    pub fn assert_holds(&self, set: &MemslotSet) {
-        let want: Vec<&Memslot> = set.iter().collect();
-        let mut have: Vec<&Memslot> = self
-            .held
-            .values()
-            .filter(|s| s.as_id() == set.as_id())
-            .collect();
-        have.sort_by_key(|s| s.base_gfn());
-        assert_eq!(have, want, "the listener's copy differs from the version");
-    }
-
-    fn event(&mut self) {
-        assert!(self.in_replay, "a callback outside begin/commit");
-        self.events += 1;
-    }
-}
-
-impl MemoryListener for Mirror {
-    fn begin(&mut self) {
-        assert!(!self.in_replay, "begin twice");
-        self.in_replay = true;
-        self.added = false;
-    }
-
-    fn region_del(&mut self, slot: &Memslot) {
-        self.event();
-        assert!(!self.added, "a removal after an addition: {slot:?}");
-        let held = self.held.remove(&slot.slot_id());
-        assert_eq!(held.as_ref(), Some(slot), "removed a slot it does not hold");
-    }
-
-    fn region_add(&mut self, slot: &Memslot) {
-        self.event();
-        self.added = true;
-        for other in self.held.values() {
-            assert!(
-                other.as_id() != slot.as_id()
-                    || other.end_gfn() <= slot.base_gfn()
-                    || slot.end_gfn() <= other.base_gfn(),
-                "would hold {other:?} and {slot:?} at once, and they overlap"
-            );
-        }
-        let before = self.held.insert(slot.slot_id(), slot.clone());
-        assert!(before.is_none(), "added a slot it already holds: {slot:?}");
-    }
-
-    fn log_start(&mut self, old: &Memslot, new: &Memslot) {
-        self.toggle_log(old, new, true);
-    }
-
-    fn log_stop(&mut self, old: &Memslot, new: &Memslot) {
-        self.toggle_log(old, new, false);
-    }
-
-    fn commit(&mut self) {
-        assert!(self.in_replay, "commit without begin");
-        self.in_replay = false;
-    }
-}
-
-impl Mirror {
-    fn toggle_log(&mut self, old: &Memslot, new: &Memslot, on: bool) {
-        self.event();
-        self.added = true;
-        assert_eq!(new.dirty_logging(), on);
-        assert_eq!(old.flags() ^ new.flags(), MemFlags::LOG_DIRTY_PAGES);
-        assert_eq!(
-            (old.base_gfn(), old.npages(), old.userspace_addr()),
-            (new.base_gfn(), new.npages(), new.userspace_addr())
-        );
-        let held = self.held.insert(new.slot_id(), new.clone());
-        assert_eq!(
-            held.as_ref(),
-            Some(old),
-            "toggled logging on a slot it does not hold"
-        );
-    }
-}
-
-/// The diff worked out the slow way, from two full listings.
-fn naive_diff<'a>(old: &'a MemslotSet, new: &'a MemslotSet) -> Vec<Diff<'a>> {
-    let by_id = |s: &'a MemslotSet| -> BTreeMap<u16, &'a Memslot> {
-        s.iter().map(|slot| (slot.id(), slot)).collect()
-    };
-    let (old, new) = (by_id(old), by_id(new));
-    let mut ids: Vec<u16> = old.keys().chain(new.keys()).copied().collect();
-    ids.sort_unstable();
-    ids.dedup();
-    ids.into_iter()
-        .filter_map(|id| match (old.get(&id), new.get(&id)) {
-            (Some(&o), Some(&n)) if o.same_layout(n) => None,
-            (Some(&o), Some(&n)) => Some(Diff::Changed { old: o, new: n }),
-            (Some(&o), None) => Some(Diff::Removed(o)),
-            (None, Some(&n)) => Some(Diff::Added(n)),
-            (None, None) => None,
-        })
-        .collect()
-}
-
-/// The layout of the array baseline, listed as [`Memslots::layout`] lists it.
-fn array_layout(vm: &ArrayMemslots, limits: &Limits) -> Layout {
-    Layout {
-        regions: (0..limits.address_spaces())
-            .flat_map(|a| {
-                vm.snapshot(a)
-                    .iter()
-                    .map(UserspaceMemoryRegion::from)
-                    .collect::<Vec<_>>()
-            })
-            .collect(),
-    }
-}
-
-/// Decodes `data` and runs it, checking everything after every step. Panics on any
-/// disagreement.
-pub fn run(data: &[u8]) {
-    let (limits, steps) = decode(data);
-    run_steps(limits, &steps);
-}
-
-/// Runs decoded steps; see [`run`].
-pub fn run_steps(limits: Limits, steps: &[Step]) {
-    let spaces = limits.address_spaces();
-    let tree = Memslots::new(limits);
-    let array = ArrayMemslots::new(limits);
-    let current =
-        |vm: &Memslots| -> Vec<Snapshot> { (0..spaces).map(|a| vm.snapshot(a)).collect() };
-    let mut anchor = current(&tree);
-    let mut anchor_layout = tree.layout();
-    let mut mirrors: Vec<Mirror> = anchor.iter().map(|s| Mirror::of(s)).collect();
-    for step in steps {
-        let Some(req) = request(&tree, step) else {
-            anchor = current(&tree);
-            anchor_layout = tree.layout();
-            continue;
-        };
-        let before = current(&tree);
-        let got = tree.set_user_memory_region(req);
-        assert_eq!(got, array.set_user_memory_region(req), "request {req:?}");
-        let now = current(&tree);
-        let target = req.slot_id().as_id;
-        for (a, (old, new)) in before.iter().zip(&now).enumerate() {
-            new.check_invariants().expect("tree invariants");
-            let mut changes = old.diff(new);
-            let listed: Vec<Diff<'_>> = changes.by_ref().collect();
-            assert_eq!(listed, naive_diff(old, new), "diff of address space {a}");
-            let touched = matches!(got, Ok(kind) if kind != ChangeKind::Unchanged)
-                && a == usize::from(target);
-            if !touched {
-                assert!(old.ptr_eq(new), "a version was published for nothing");
-                assert_eq!(changes.nodes_visited(), 0, "a diff with itself walked");
-                continue;
-            }
-            let one = match (&got, &listed[..]) {
-                (Ok(ChangeKind::Create), [Diff::Added(s)]) => s.slot_id() == req.slot_id(),
-                (Ok(ChangeKind::Delete), [Diff::Removed(s)]) => s.slot_id() == req.slot_id(),
-                (Ok(ChangeKind::Move | ChangeKind::FlagsOnly), [Diff::Changed { old, new }]) => {
-                    old.slot_id() == req.slot_id() && new.slot_id() == req.slot_id()
-                }
-                _ => false,
-            };
-            assert!(one, "{got:?} for {req:?} but the diff is {listed:?}");
-            replay(old, new, &mut mirrors[a]);
-            mirrors[a].assert_holds(new);
-        }
-        // From the anchor, many steps back, in one replay; and the whole VM's layout diff is the
-        // address spaces' diffs one after the other.
-        let mut per_space = Vec::new();
-        for (old, new) in anchor.iter().zip(&now) {
-            let mut mirror = Mirror::of(old);
-            replay(old, new, &mut mirror);
-            mirror.assert_holds(new);
-            per_space.extend(old.diff(new).map(|d| {
-                (
-                    d.before().map(UserspaceMemoryRegion::from),
-                    d.after().map(UserspaceMemoryRegion::from),
-                )
-            }));
-        }
-        let layout = tree.layout();
-        let whole: Vec<_> = anchor_layout
-            .diff(&layout)
-            .iter()
-            .map(|d| (d.before().copied(), d.after().copied()))
-            .collect();
-        assert_eq!(whole, per_space, "layout diff");
-        assert_eq!(layout, array_layout(&array, &limits), "layouts differ");
-        let rebuilt = Memslots::from_layout(limits, &layout).expect("a VM's own layout loads");
-        assert_eq!(rebuilt.layout(), layout);
-        assert_eq!(rebuilt.total_pages(), tree.total_pages());
-    }
 }

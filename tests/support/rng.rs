@@ -1,0 +1,23 @@
+//! The tests' one pseudo-random generator (xorshift64), so that a run draws the same numbers on
+//! every machine and every time.
+
+// Each test file that includes this uses what it needs of it.
+#![allow(dead_code)]
+
+/// Xorshift64 (shifts 13, 7, 17). The seed must not be 0.
+pub struct XorShift(pub u64);
+
+impl XorShift {
+    /// The next number.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// The next number modulo `n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+}
