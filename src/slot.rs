@@ -392,6 +392,21 @@ impl DirtyBitmap {
         }
     }
 
+    /// Marks every page dirty (`KVM_DIRTY_LOG_INITIALLY_SET`); bits past the last page stay clear.
+    pub(crate) fn set_all(&self) {
+        for (i, word) in self.words.iter().enumerate() {
+            let pages = self.npages - 64 * i as u64;
+            word.store(
+                if pages >= 64 {
+                    u64::MAX
+                } else {
+                    (1 << pages) - 1
+                },
+                Ordering::Relaxed,
+            );
+        }
+    }
+
     /// Whether page `page` is marked dirty.
     #[must_use]
     pub fn is_set(&self, page: u64) -> bool {
