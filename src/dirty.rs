@@ -144,7 +144,7 @@ impl<S: Version> Core<S> {
         let found = Self::logging_slot(&set, slot)?;
         let bitmap = found.dirty_bitmap().map(|b| {
             if writer.dirty_log.manual_protect() {
-                b.snapshot()
+                b.copy_words()
             } else {
                 b.take()
             }

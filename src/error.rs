@@ -184,7 +184,7 @@ pub enum Error {
         max: u64,
     },
     /// A delete named a slot that does not exist (EINVAL, as the kernel answers it).
-    #[error("slot {slot} does not exist")]
+    #[error("cannot delete slot {slot}: it does not exist")]
     NoSuchSlot {
         /// The slot asked for.
         slot: SlotId,
@@ -213,7 +213,7 @@ pub enum Error {
         existing: SlotId,
     },
     /// A dirty-log call named a slot that does not exist (ENOENT).
-    #[error("slot {slot} does not exist")]
+    #[error("no dirty log for slot {slot}: it does not exist")]
     SlotNotFound {
         /// The slot asked for.
         slot: SlotId,
