@@ -113,6 +113,15 @@ pub(crate) fn check(
             size: req.memory_size,
         });
     }
+    if let Some(limit) = limits.user_address_limit() {
+        if req.userspace_addr + req.memory_size > limit {
+            return Err(Error::UserAddressLimit {
+                hva: req.userspace_addr,
+                size: req.memory_size,
+                limit,
+            });
+        }
+    }
     check_slot_in_range(limits, slot, limits.total_slots())?;
     if req.guest_phys_addr.checked_add(req.memory_size).is_none() {
         return Err(Error::GpaOverflow {
@@ -225,6 +234,15 @@ pub(crate) fn classify<S: SlotLookup + ?Sized>(
                 existing: other.slot_id(),
             });
         }
+        // x86's kvm_arch_prepare_memory_region, which runs after the overlap check.
+        let last_gfn = end.0 - 1;
+        if let Some(max) = limits.max_gfn().filter(|max| last_gfn > max.0) {
+            return Err(Error::GfnBeyondMax {
+                slot,
+                last_gfn,
+                max_gfn: max.0,
+            });
+        }
     }
     let new = match (kind, old) {
         (ChangeKind::Unchanged, _) => None,
@@ -325,6 +343,89 @@ mod tests {
         for e in [expect(req(1, 0, 0, 0, 0)), expect(req(0x7fff, 0, 0, 0, 0))] {
             assert_eq!(e.errno(), errno::EINVAL);
         }
+    }
+
+    #[test]
+    fn user_address_limit_follows_the_hva_checks_and_covers_deletes() {
+        const LIMIT: u64 = Limits::X86_64_USER_ADDRESS_LIMIT;
+        let limits = Limits::default().with_user_address_limit(Some(LIMIT));
+        let on = |r: UserspaceMemoryRegion| {
+            check(&limits, &r, Origin::User)
+                .and_then(|c| classify(&limits, c, &existing(), 0, Some(Arc::new(()))))
+        };
+        // Ending exactly at the limit is fine; one page further is not, for creates and deletes.
+        assert!(on(req(2, 0, 0, 2 * PAGE, LIMIT - 2 * PAGE)).is_ok());
+        assert!(matches!(
+            on(req(2, 0, 0, 2 * PAGE, LIMIT - PAGE)),
+            Err(Error::UserAddressLimit { limit: LIMIT, .. })
+        ));
+        assert!(on(req(1, 0, 0, 0, LIMIT)).is_ok(), "a delete at the limit");
+        let e = on(req(1, 0, 0, 0, LIMIT + PAGE)).unwrap_err();
+        assert!(matches!(e, Error::UserAddressLimit { .. }));
+        assert_eq!(e.errno(), errno::EINVAL);
+        // After the alignment and wrap checks, before the address-space check.
+        assert!(matches!(
+            on(req(0x5_0000, 0, 0, PAGE, LIMIT + 1)),
+            Err(Error::UnalignedHva { .. })
+        ));
+        assert!(matches!(
+            on(req(0x5_0000, 0, 0, 2 * PAGE, !(PAGE - 1))),
+            Err(Error::HvaOverflow { .. })
+        ));
+        assert!(matches!(
+            on(req(0x5_0000, 0, 0, PAGE, LIMIT)),
+            Err(Error::UserAddressLimit { .. })
+        ));
+        // Off by default.
+        assert!(run(&Space(vec![]), req(2, 0, 0, PAGE, LIMIT)).is_ok());
+    }
+
+    #[test]
+    fn max_gfn_refuses_creates_and_moves_after_the_overlap_check() {
+        let max = Gfn((1 << 40) - 1);
+        let limits = Limits::default().with_max_gfn(Some(max));
+        let s = existing();
+        let on = |r: UserspaceMemoryRegion| {
+            check(&limits, &r, Origin::User)
+                .and_then(|c| classify(&limits, c, &s, 0, Some(Arc::new(()))))
+        };
+        let top = max.0 << 12;
+        assert_eq!(
+            on(req(2, 0, top, PAGE, 0)).map(|p| p.kind).ok(),
+            Some(ChangeKind::Create)
+        );
+        let e = on(req(2, 0, top, 2 * PAGE, 0)).unwrap_err();
+        assert!(matches!(e, Error::GfnBeyondMax { last_gfn, .. } if last_gfn == max.0 + 1));
+        assert_eq!(e.errno(), errno::EINVAL);
+        assert!(matches!(
+            on(req(1, 0, top, 4 * PAGE, 0x100000)),
+            Err(Error::GfnBeyondMax { .. })
+        ));
+        // A slot past the limit (made before the rule was on) may still change flags or go.
+        let past = max.0 + 5;
+        let slots = Space(vec![Memslot::new(
+            SlotId::new(0, 3),
+            Gfn(past),
+            1,
+            Hva(0),
+            MemFlags::empty(),
+            12,
+            Arc::new(()),
+        )]);
+        let kind = |r| {
+            let c = check(&limits, &r, Origin::User)?;
+            classify(&limits, c, &slots, 1, Some(Arc::new(()))).map(|p| p.kind)
+        };
+        assert_eq!(
+            kind(req(3, 1, past << 12, PAGE, 0)),
+            Ok(ChangeKind::FlagsOnly)
+        );
+        assert_eq!(kind(req(3, 0, 0, 0, 0)), Ok(ChangeKind::Delete));
+        // An overlap is reported before the gfn limit.
+        assert!(matches!(
+            kind(req(2, 0, (past - 1) << 12, 2 * PAGE, 0)),
+            Err(Error::Overlap { .. })
+        ));
     }
 
     #[test]

@@ -114,6 +114,32 @@ pub enum Error {
         /// The request's size.
         size: u64,
     },
+    /// `userspace_addr + memory_size` is above the task's user address limit (EINVAL; the
+    /// kernel's `access_ok` check, modelled when
+    /// [`Limits::with_user_address_limit`](crate::Limits::with_user_address_limit) is on).
+    #[error(
+        "userspace_addr {hva:#x} + memory_size {size:#x} passes the user address limit {limit:#x}"
+    )]
+    UserAddressLimit {
+        /// The request's host virtual address.
+        hva: u64,
+        /// The request's size.
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// A Create or Move would reach a gfn above the largest the MMU maps (EINVAL; x86's
+    /// `kvm_arch_prepare_memory_region`, modelled when
+    /// [`Limits::with_max_gfn`](crate::Limits::with_max_gfn) is on).
+    #[error("slot {slot}: last gfn {last_gfn:#x} is above the largest gfn {max_gfn:#x}")]
+    GfnBeyondMax {
+        /// The slot asked for.
+        slot: SlotId,
+        /// The slot's last gfn.
+        last_gfn: u64,
+        /// The limit.
+        max_gfn: u64,
+    },
     /// The address space does not exist (EINVAL).
     #[error("address space {as_id} does not exist (there are {address_spaces})")]
     InvalidAddressSpace {
@@ -158,7 +184,7 @@ pub enum Error {
         max: u64,
     },
     /// A delete named a slot that does not exist (EINVAL, as the kernel answers it).
-    #[error("slot {slot} does not exist")]
+    #[error("cannot delete slot {slot}: it does not exist")]
     NoSuchSlot {
         /// The slot asked for.
         slot: SlotId,
@@ -187,7 +213,7 @@ pub enum Error {
         existing: SlotId,
     },
     /// A dirty-log call named a slot that does not exist (ENOENT).
-    #[error("slot {slot} does not exist")]
+    #[error("no dirty log for slot {slot}: it does not exist")]
     SlotNotFound {
         /// The slot asked for.
         slot: SlotId,
@@ -337,6 +363,8 @@ impl Error {
             | Self::UnalignedGpa { .. }
             | Self::UnalignedHva { .. }
             | Self::HvaOverflow { .. }
+            | Self::UserAddressLimit { .. }
+            | Self::GfnBeyondMax { .. }
             | Self::InvalidAddressSpace { .. }
             | Self::InvalidSlotId { .. }
             | Self::NotInternalSlot { .. }

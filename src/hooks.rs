@@ -43,8 +43,10 @@ impl std::error::Error for HookError {}
 ///    [`flush_shadow`](Self::flush_shadow) is called with the old slot
 ///    (`kvm_arch_flush_shadow_memslot`): no reader can reach it through a valid slot any more.
 /// 2. [`prepare`](Self::prepare) (`kvm_arch_prepare_memory_region`) may refuse the change. Then
-///    nothing is changed, and for Delete and Move the old slot is published again (two
-///    generation steps have passed, as in the kernel).
+///    nothing is changed: in a [`Transaction`](crate::Transaction), [`abort`](Self::abort) is
+///    called for every change of it whose `prepare` already succeeded, newest first, and for
+///    Delete and Move the old slot is published again (two generation steps have passed, as in
+///    the kernel).
 /// 3. The new version is published and a grace period passes.
 /// 4. [`commit`](Self::commit) (`kvm_arch_commit_memory_region`).
 ///
@@ -91,6 +93,16 @@ pub trait ArchHooks<B = ()>: Send + Sync {
         Ok(())
     }
 
+    /// Called when a later change of the same transaction was refused by
+    /// [`prepare`](Self::prepare), for each change whose `prepare` succeeded, newest first, with
+    /// the same arguments: undo whatever `prepare` did. A hook that forwards each change to
+    /// another slot table (a KVM VM fd) restores it there step by step, since each earlier state
+    /// was a valid layout. The kernel has no such call, as it prepares one change at a time; the
+    /// name follows `kvm_arch_prepare_memory_region` / `kvm_arch_commit_memory_region`.
+    fn abort(&self, old: Option<&Memslot<B>>, new: Option<&Memslot<B>>, change: ChangeKind) {
+        let _ = (old, new, change);
+    }
+
     /// Called after the change is published and a grace period has passed.
     fn commit(&self, old: Option<&Memslot<B>>, new: Option<&Memslot<B>>, change: ChangeKind) {
         let _ = (old, new, change);
@@ -118,6 +130,10 @@ impl<B, H: ArchHooks<B> + ?Sized> ArchHooks<B> for std::sync::Arc<H> {
         change: ChangeKind,
     ) -> Result<(), HookError> {
         (**self).prepare(old, new, change)
+    }
+
+    fn abort(&self, old: Option<&Memslot<B>>, new: Option<&Memslot<B>>, change: ChangeKind) {
+        (**self).abort(old, new, change);
     }
 
     fn commit(&self, old: Option<&Memslot<B>>, new: Option<&Memslot<B>>, change: ChangeKind) {

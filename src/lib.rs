@@ -112,6 +112,9 @@
 //!   builds a layout from any `GuestMemoryBackend`, and `MemslotSet::guest_regions` lists a
 //!   version as vm-memory regions.
 //! - `vm-memory-mmap`: `vm-memory` with its mmap backend: `MmapRegion` is a slot [`Backing`].
+//! - `kvm-bindings`: `From` conversions between [`UserspaceMemoryRegion`] and kvm-bindings'
+//!   `kvm_userspace_memory_region`, for passing requests to `kvm-ioctls` (the `memslots-kvm`
+//!   crate of this workspace drives a KVM VM that way).
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -127,6 +130,8 @@ mod error;
 mod hooks;
 #[cfg(feature = "vm-memory")]
 mod interop;
+#[cfg(feature = "kvm-bindings")]
+mod kvm_uapi;
 mod layout;
 mod listener;
 mod publish;
@@ -141,6 +146,7 @@ mod vm;
 
 pub use backing::{Backing, GuestRam};
 pub use diff::{Changes, Diff};
+pub use dirty::DirtyLogMode;
 pub use error::{errno, Error, LimitsError, SlotField};
 pub use hooks::{ArchHooks, HookError, NoHooks};
 #[cfg(feature = "vm-memory")]

@@ -73,6 +73,8 @@ fn none_per_space<T, U>(like: &Spaces<U>) -> Spaces<Option<T>> {
 pub(crate) struct WriterState {
     /// Pages of every slot in every address space (`nr_memslot_pages`).
     vm_pages: u64,
+    /// `KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2`'s setting (`manual_dirty_log_protect`).
+    pub(crate) dirty_log: crate::dirty::DirtyLogMode,
 }
 
 /// The writer lock, held: by a transaction from its start to its commit, and by the dirty-log
@@ -486,6 +488,7 @@ impl<S: Version> Transaction<'_, S> {
         let space = self.spaces[as_id].get_or_insert_with(|| S::clone(base));
         let id = plan.slot.id;
         let old = space.get(id).cloned();
+        crate::dirty::arm_new_bitmap(self.writer.dirty_log, old.as_ref(), plan.new.as_ref());
         space.replace(id, plan.new.clone());
         match plan.kind {
             ChangeKind::Create => self.vm_pages += checked.npages,
@@ -506,7 +509,8 @@ impl<S: Version> Transaction<'_, S> {
     /// 1. if any published slot is deleted or moved, a version with each such slot marked
     ///    `INVALID` (readers still find it but cannot translate through it), a grace period, and
     ///    [`ArchHooks::flush_shadow`] for each;
-    /// 2. [`ArchHooks::prepare`] for each change, in order;
+    /// 2. [`ArchHooks::prepare`] for each change, in order; if one refuses,
+    ///    [`ArchHooks::abort`] for each change prepared before it, newest first;
     /// 3. the final versions, one per changed address space, all in one swap, and a grace period;
     /// 4. [`ArchHooks::commit`] for each change.
     ///
@@ -604,11 +608,16 @@ impl<S: Version> Transaction<'_, S> {
         }
         let invalid_steps = |as_id: usize| u64::from(invalidated.contains(&as_id));
 
-        for change in &changes {
+        for (prepared, change) in changes.iter().enumerate() {
             if let Err(refusal) =
                 core.hooks
                     .prepare(change.old.as_ref(), change.new.as_ref(), change.kind)
             {
+                // Undo, newest first, the changes whose prepare succeeded.
+                for done in changes[..prepared].iter().rev() {
+                    core.hooks
+                        .abort(done.old.as_ref(), done.new.as_ref(), done.kind);
+                }
                 if publish_invalid {
                     // Put the old slots back: the published versions again, one step later.
                     let mut spaces = base.spaces.clone();

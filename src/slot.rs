@@ -347,7 +347,7 @@ impl<B> fmt::Debug for Memslot<B> {
 /// | operation | cost |
 /// |---|---|
 /// | [`set`](Self::set), [`is_set`](Self::is_set) | O(1), one atomic operation |
-/// | [`take`](Self::take), [`snapshot`](Self::snapshot) | O(npages / 64) |
+/// | [`take`](Self::take), [`copy_words`](Self::copy_words) | O(npages / 64) |
 /// | [`clear`](Self::clear) | O(mask words) |
 pub struct DirtyBitmap {
     words: Box<[AtomicU64]>,
@@ -392,6 +392,21 @@ impl DirtyBitmap {
         }
     }
 
+    /// Marks every page dirty (`KVM_DIRTY_LOG_INITIALLY_SET`); bits past the last page stay clear.
+    pub(crate) fn set_all(&self) {
+        for (i, word) in self.words.iter().enumerate() {
+            let pages = self.npages - 64 * i as u64;
+            word.store(
+                if pages >= 64 {
+                    u64::MAX
+                } else {
+                    (1 << pages) - 1
+                },
+                Ordering::Relaxed,
+            );
+        }
+    }
+
     /// Whether page `page` is marked dirty.
     #[must_use]
     pub fn is_set(&self, page: u64) -> bool {
@@ -401,7 +416,7 @@ impl DirtyBitmap {
 
     /// The bitmap's words, leaving it as it is.
     #[must_use]
-    pub fn snapshot(&self) -> Vec<u64> {
+    pub fn copy_words(&self) -> Vec<u64> {
         self.words
             .iter()
             .map(|w| w.load(Ordering::Relaxed))
@@ -531,7 +546,7 @@ mod tests {
         for p in [0, 63, 64, 129, 130] {
             b.set(p);
         }
-        assert_eq!(b.snapshot(), vec![1 | 1 << 63, 1, 1 << 1]);
+        assert_eq!(b.copy_words(), vec![1 | 1 << 63, 1, 1 << 1]);
         assert_eq!(b.clear(0, &[1 << 63, u64::MAX]), 2);
         assert_eq!(b.take(), vec![1, 0, 1 << 1]);
         assert_eq!(b.take(), vec![0, 0, 0]);

@@ -165,6 +165,19 @@ pub const MAX_ADDRESS_SPACES: usize = 16;
 /// supported. Change them through the `with_*` methods, which refuse values the kernel could not
 /// have.
 ///
+/// Two of the kernel's rules depend on the host rather than on KVM, so they are off by default
+/// and turned on with a value for the machine:
+///
+/// - [`with_user_address_limit`](Self::with_user_address_limit): `userspace_addr + memory_size`
+///   must not pass the task's user address limit (the kernel's `access_ok`, checked for every
+///   request, deletes included, right after the hva alignment check);
+///   [`X86_64_USER_ADDRESS_LIMIT`](Self::X86_64_USER_ADDRESS_LIMIT) on x86-64 with 4-level
+///   paging.
+/// - [`with_max_gfn`](Self::with_max_gfn): a Create or Move whose last gfn is above it is refused
+///   (x86's `kvm_arch_prepare_memory_region`, checked after the overlap check), the largest gfn the
+///   MMU maps (`kvm_mmu_max_gfn()`: `2^(bits - 12) - 1` for the host's physical address width,
+///   or 52 bits with shadow paging).
+///
 /// ```
 /// use memslots::Limits;
 /// let pre_2021 = Limits::default().with_slots(509, 512)?;
@@ -179,6 +192,8 @@ pub struct Limits {
     total_slots: u16,
     max_pages_per_slot: u64,
     readonly: bool,
+    user_address_limit: Option<u64>,
+    max_gfn: Option<u64>,
 }
 
 impl Default for Limits {
@@ -190,6 +205,8 @@ impl Default for Limits {
             total_slots: 32767,
             max_pages_per_slot: (1 << 31) - 1,
             readonly: true,
+            user_address_limit: None,
+            max_gfn: None,
         }
     }
 }
@@ -197,6 +214,10 @@ impl Default for Limits {
 impl Limits {
     /// The largest number of slots an address space can hold: KVM's `SHRT_MAX`.
     pub const MAX_SLOTS: u16 = i16::MAX as u16;
+
+    /// The user address limit of an x86-64 task with 4-level paging (`TASK_SIZE_MAX`, 2^47 minus
+    /// one page): the value for [`with_user_address_limit`](Self::with_user_address_limit).
+    pub const X86_64_USER_ADDRESS_LIMIT: u64 = 0x7fff_ffff_f000;
 
     /// The page size, as a shift (12 for 4 KiB pages).
     #[must_use]
@@ -240,6 +261,63 @@ impl Limits {
     #[must_use]
     pub const fn readonly_supported(&self) -> bool {
         self.readonly
+    }
+
+    /// The bound `userspace_addr + memory_size` must not pass, if that rule is on.
+    #[must_use]
+    pub const fn user_address_limit(&self) -> Option<u64> {
+        self.user_address_limit
+    }
+
+    /// The largest gfn a Create or Move may reach, if that rule is on.
+    #[must_use]
+    pub const fn max_gfn(&self) -> Option<Gfn> {
+        match self.max_gfn {
+            Some(gfn) => Some(Gfn(gfn)),
+            None => None,
+        }
+    }
+
+    /// The same limits with the user address bound on (`Some(limit)`) or off (`None`, the
+    /// default): every request, deletes included, whose `userspace_addr + memory_size` is above
+    /// `limit` is refused with [`Error::UserAddressLimit`] (EINVAL), as the kernel's `access_ok`
+    /// refuses it, right after the hva alignment check.
+    ///
+    /// ```
+    /// use memslots::{errno, Limits, Memslots, MemFlags, UserspaceMemoryRegion};
+    /// let limits = Limits::default().with_user_address_limit(Some(Limits::X86_64_USER_ADDRESS_LIMIT));
+    /// let vm = Memslots::new(limits);
+    /// let top = UserspaceMemoryRegion::new(0, MemFlags::empty(), 0, 0x2000, 0x7fff_ffff_d000);
+    /// assert!(vm.set_user_memory_region(top).is_ok(), "ends exactly at the limit");
+    /// let past = UserspaceMemoryRegion::new(1, MemFlags::empty(), 0x2000, 0x2000, 0x7fff_ffff_e000);
+    /// assert_eq!(vm.set_user_memory_region(past).unwrap_err().errno(), errno::EINVAL);
+    /// ```
+    #[must_use]
+    pub const fn with_user_address_limit(mut self, limit: Option<u64>) -> Self {
+        self.user_address_limit = limit;
+        self
+    }
+
+    /// The same limits with the largest gfn on (`Some(gfn)`) or off (`None`, the default): a
+    /// Create or Move whose last gfn is above it is refused with [`Error::GfnBeyondMax`] (EINVAL),
+    /// after the overlap check, as x86's `kvm_arch_prepare_memory_region` refuses it.
+    ///
+    /// ```
+    /// use memslots::{errno, Gfn, Limits, Memslots, MemFlags, UserspaceMemoryRegion};
+    /// // 52-bit guest physical addresses (shadow paging): gfns up to 2^40 - 1.
+    /// let vm = Memslots::new(Limits::default().with_max_gfn(Some(Gfn((1 << 40) - 1))));
+    /// let last = UserspaceMemoryRegion::new(0, MemFlags::empty(), (1 << 52) - 0x1000, 0x1000, 0x1000);
+    /// assert!(vm.set_user_memory_region(last).is_ok());
+    /// let beyond = UserspaceMemoryRegion::new(1, MemFlags::empty(), 1 << 52, 0x1000, 0x1000);
+    /// assert_eq!(vm.set_user_memory_region(beyond).unwrap_err().errno(), errno::EINVAL);
+    /// ```
+    #[must_use]
+    pub const fn with_max_gfn(mut self, max_gfn: Option<Gfn>) -> Self {
+        self.max_gfn = match max_gfn {
+            Some(gfn) => Some(gfn.0),
+            None => None,
+        };
+        self
     }
 
     /// The same limits with another page size, given as a shift from 12 (4 KiB) to 30 (1 GiB).
@@ -420,6 +498,18 @@ mod tests {
         assert!(d.with_slots(10, 32768).is_err());
         assert!(d.with_max_pages_per_slot(0).is_err());
         assert!(!d.with_readonly(false).readonly_supported());
+    }
+
+    #[test]
+    fn host_rules_are_off_by_default() {
+        let d = Limits::default();
+        assert_eq!((d.user_address_limit(), d.max_gfn()), (None, None));
+        let on = d
+            .with_user_address_limit(Some(Limits::X86_64_USER_ADDRESS_LIMIT))
+            .with_max_gfn(Some(Gfn(0xff_ffff_ffff)));
+        assert_eq!(on.user_address_limit(), Some(0x7fff_ffff_f000));
+        assert_eq!(on.max_gfn(), Some(Gfn(0xff_ffff_ffff)));
+        assert_eq!(on.with_max_gfn(None).max_gfn(), None);
     }
 
     #[test]

@@ -5,6 +5,7 @@ use core::ops::Deref;
 use std::sync::Arc;
 
 use crate::change::Origin;
+use crate::dirty::DirtyLogMode;
 use crate::error::Error;
 use crate::hooks::ArchHooks;
 use crate::publish::{Core, Transaction};
@@ -361,8 +362,28 @@ impl<B: Send + Sync + 'static> Memslots<B> {
         self.core.synchronize();
     }
 
+    /// How the dirty-log calls treat bitmaps (KVM's `manual_dirty_log_protect`).
+    ///
+    /// Time: O(1); takes the writer lock.
+    #[must_use]
+    pub fn dirty_log_mode(&self) -> DirtyLogMode {
+        self.core.dirty_log_mode()
+    }
+
+    /// Sets how the dirty-log calls treat bitmaps, as
+    /// `KVM_ENABLE_CAP(KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2)` does: in
+    /// [`DirtyLogMode::ManualProtect`], [`get_dirty_log`](Self::get_dirty_log) does not clear and
+    /// [`clear_dirty_log`](Self::clear_dirty_log) re-arms pages; with `initially_set`, bitmaps
+    /// made from then on start all set. Like the capability, it may be changed at any time.
+    ///
+    /// Time: O(1); takes the writer lock.
+    pub fn set_dirty_log_mode(&self, mode: DirtyLogMode) {
+        self.core.set_dirty_log_mode(mode);
+    }
+
     /// `KVM_GET_DIRTY_LOG`: the slot's dirty bitmap, one `u64` per 64 pages (bit `i` of word
-    /// `w` is page `64 * w + i` of the slot), each word cleared as it is read.
+    /// `w` is page `64 * w + i` of the slot), each word cleared as it is read; in
+    /// [`DirtyLogMode::ManualProtect`] the bitmap is copied and left as it is.
     ///
     /// `slot` packs the address space and the id, as the ioctl's field does.
     ///

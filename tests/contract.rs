@@ -2,8 +2,8 @@
 //! this test first.
 
 use memslots::{
-    ChangeKind, Diff, Error, Gfn, Gpa, GracePeriod, Hva, Layout, Limits, MemFlags, Memslot,
-    MemslotSet, Memslots, ReadFlavour, SlotId, Snapshot, UserspaceMemoryRegion,
+    ChangeKind, Diff, DirtyLogMode, Error, Gfn, Gpa, GracePeriod, Hva, Layout, Limits, MemFlags,
+    Memslot, MemslotSet, Memslots, ReadFlavour, SlotId, Snapshot, UserspaceMemoryRegion,
 };
 
 #[test]
@@ -119,4 +119,35 @@ fn the_public_contract_is_whole() {
     let mut tx = vm.transaction();
     tx.set_user_memory_region(ram).unwrap();
     assert!(tx.publish().unwrap().is_done());
+
+    // Issue 9: the host's rules and the dirty-log modes.
+    let host = Limits::default()
+        .with_user_address_limit(Some(Limits::X86_64_USER_ADDRESS_LIMIT))
+        .with_max_gfn(Some(Gfn((1 << 40) - 1)));
+    assert_eq!(host.user_address_limit(), Some(0x7fff_ffff_f000));
+    assert_eq!(host.max_gfn(), Some(Gfn((1 << 40) - 1)));
+    let strict = Memslots::new(host);
+    let high = UserspaceMemoryRegion::delete(0);
+    let high = UserspaceMemoryRegion {
+        userspace_addr: 0x8000_0000_0000,
+        ..high
+    };
+    assert!(matches!(
+        strict.set_user_memory_region(high),
+        Err(Error::UserAddressLimit { .. })
+    ));
+    let far = UserspaceMemoryRegion {
+        guest_phys_addr: 1 << 52,
+        ..ram
+    };
+    assert!(matches!(
+        strict.set_user_memory_region(far),
+        Err(Error::GfnBeyondMax { .. })
+    ));
+    let mode: DirtyLogMode = DirtyLogMode::ManualProtect {
+        initially_set: true,
+    };
+    vm.set_dirty_log_mode(mode);
+    assert_eq!(vm.dirty_log_mode(), mode);
+    assert_eq!(DirtyLogMode::from_cap_args(mode.cap_args()), Some(mode));
 }

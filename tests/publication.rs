@@ -591,3 +591,75 @@ mod writer_lock_reentry {
         assert!(vm.get_dirty_log(0).is_err());
     }
 }
+
+/// Refuses the `prepare` of slot 9 and records every `prepare` and `abort`.
+#[derive(Default)]
+struct RefusesSlotNine(Arc<Mutex<Vec<String>>>);
+
+impl ArchHooks for RefusesSlotNine {
+    fn prepare(
+        &self,
+        old: Option<&Memslot>,
+        new: Option<&Memslot>,
+        change: ChangeKind,
+    ) -> Result<(), HookError> {
+        let id = new.or(old).map(Memslot::id).unwrap();
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("prepare {change:?} {id}"));
+        if id == 9 {
+            return Err(HookError::new(errno::ENOMEM, "no room"));
+        }
+        Ok(())
+    }
+
+    fn abort(&self, old: Option<&Memslot>, new: Option<&Memslot>, change: ChangeKind) {
+        let id = new.or(old).map(Memslot::id).unwrap();
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("abort {change:?} {id}"));
+    }
+}
+
+#[test]
+fn a_refused_prepare_aborts_the_prepared_changes_newest_first() {
+    let hooks = RefusesSlotNine::default();
+    let calls = Arc::clone(&hooks.0);
+    // Through an `Arc`, which passes every call on.
+    let vm = Memslots::with_hooks(Limits::default(), Arc::new(hooks));
+    vm.set_user_memory_region(ram(1, 0, 4, MemFlags::empty()))
+        .unwrap();
+    let before = vm.snapshot(0);
+    calls.lock().unwrap().clear();
+
+    let mut tx = vm.transaction();
+    tx.set_user_memory_region(UserspaceMemoryRegion::delete(1))
+        .unwrap();
+    tx.set_user_memory_region(ram(2, 0, 8, MemFlags::empty()))
+        .unwrap();
+    tx.set_user_memory_region(ram(9, 64, 1, MemFlags::empty()))
+        .unwrap();
+    tx.set_user_memory_region(ram(3, 128, 1, MemFlags::empty()))
+        .unwrap();
+    assert_eq!(tx.commit().unwrap_err().errno(), errno::ENOMEM);
+    assert_eq!(
+        *calls.lock().unwrap(),
+        [
+            "prepare Delete 1",
+            "prepare Create 2",
+            "prepare Create 9",
+            "abort Create 2",
+            "abort Delete 1"
+        ]
+    );
+    assert!(vm.snapshot(0).iter().eq(before.iter()), "rolled back");
+
+    // A single refused request has nothing to abort.
+    calls.lock().unwrap().clear();
+    assert!(vm
+        .set_user_memory_region(ram(9, 64, 1, MemFlags::empty()))
+        .is_err());
+    assert_eq!(*calls.lock().unwrap(), ["prepare Create 9"]);
+}
