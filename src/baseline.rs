@@ -20,7 +20,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::change::{Origin, SlotLookup};
 use crate::error::Error;
-use crate::publish::{Core, Version};
+use crate::publish::sealed::VersionOps;
+use crate::publish::Core;
 use crate::reader::Reader;
 use crate::slot::Memslot;
 use crate::types::{ChangeKind, Gfn, Hva, Limits, UserspaceMemoryRegion};
@@ -86,7 +87,7 @@ impl fmt::Debug for ArraySet {
     }
 }
 
-impl Version for ArraySet {
+impl VersionOps for ArraySet {
     type Slot = Memslot;
 
     fn empty(as_id: u16, generation: u64, limits: &Limits) -> Self {

@@ -29,8 +29,9 @@ pub(crate) struct Checked {
     pub(crate) userspace_addr: Hva,
 }
 
-/// What validation needs to see of one address space's current version (public in name only:
-/// this module is private).
+/// What validation needs to see of one address space's current version. Sealed with
+/// [`Version`](crate::Version), whose hidden part it bounds: never nameable outside the crate.
+#[allow(unnameable_types)]
 pub trait SlotLookup {
     /// What the slots carry.
     type Backing;

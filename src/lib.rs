@@ -154,7 +154,7 @@ pub use hooks::{ArchHooks, HookError, NoHooks};
 pub use interop::{FromGuestMemoryError, GuestRegions, MemoryGuard};
 pub use layout::Layout;
 pub use listener::{replay, MemoryListener};
-pub use publish::Transaction;
+pub use publish::{Transaction, Version};
 pub use reader::{GracePeriod, ReadFlavour, ReadGuard, Reader};
 pub use set::{GfnRange, HvaRange, Iter, MemslotSet};
 pub use slot::{DirtyBitmap, HvaError, Memslot};

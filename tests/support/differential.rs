@@ -31,15 +31,15 @@ use memslots::{
 };
 
 #[path = "mirror.rs"]
-pub mod mirror;
+pub(crate) mod mirror;
 #[path = "requests.rs"]
-pub mod requests;
+pub(crate) mod requests;
 
 use mirror::Mirror;
 use requests::{Run, Step};
 
 /// Decodes `data` and checks its run both ways. Panics on any disagreement.
-pub fn run(data: &[u8]) {
+pub(crate) fn run(data: &[u8]) {
     let run = requests::decode(data);
     one_by_one(&run);
     in_transactions(&run);
@@ -53,7 +53,7 @@ fn current(vm: &Memslots) -> Vec<Snapshot> {
 }
 
 /// Runs the steps one request at a time; see the module docs.
-pub fn one_by_one(run: &Run) {
+pub(crate) fn one_by_one(run: &Run) {
     let limits = run.limits;
     let page = limits.page_size();
     let tree = Memslots::new(limits);
@@ -131,7 +131,7 @@ pub fn one_by_one(run: &Run) {
 }
 
 /// Runs the steps between anchors as transactions; see the module docs.
-pub fn in_transactions(run: &Run) {
+pub(crate) fn in_transactions(run: &Run) {
     let limits = run.limits;
     let page = limits.page_size();
     let spaces = limits.address_spaces();
@@ -213,7 +213,7 @@ fn changed(result: &Result<ChangeKind, memslots::Error>) -> bool {
 /// Both versions of one address space list the same slots and answer every query alike, at
 /// probes around (a sample of) the slots and at fixed ones. Generations are the caller's to
 /// compare: they differ when one design published a batch as one version.
-pub fn same_answers<A, B>(tree: &A, array: &B, page: u64)
+pub(crate) fn same_answers<A, B>(tree: &A, array: &B, page: u64)
 where
     A: MemslotRead<Backing = ()>,
     B: MemslotRead<Backing = ()>,
@@ -304,7 +304,7 @@ fn naive_diff<'a>(old: &'a MemslotSet, new: &'a MemslotSet) -> Vec<Diff<'a>> {
 }
 
 /// The layout of the array baseline, listed as [`Memslots::layout`] lists it.
-pub fn array_layout(vm: &ArrayMemslots) -> Layout {
+pub(crate) fn array_layout(vm: &ArrayMemslots) -> Layout {
     let spaces = memslots::MemslotStore::limits(vm).address_spaces();
     Layout {
         regions: (0..spaces)

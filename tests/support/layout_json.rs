@@ -8,7 +8,7 @@ use memslots::{Layout, Limits, Memslots};
 /// serializes and parses back to itself, and anything loaded lists exactly the regions it was
 /// given (in the VM's order), saves and loads again to the same VM. Returns whether the bytes
 /// were accepted as a VM.
-pub fn check(data: &[u8]) -> bool {
+pub(crate) fn check(data: &[u8]) -> bool {
     let Ok(layout) = serde_json::from_slice::<Layout>(data) else {
         return false;
     };

@@ -11,19 +11,19 @@ use memslots::{MemFlags, MemoryListener, Memslot, MemslotSet, SlotId};
 /// removal of a slot it does not hold, a removal after an addition in one replay, a callback
 /// outside `begin`/`commit`.
 #[derive(Clone, Debug, Default)]
-pub struct Mirror {
+pub(crate) struct Mirror {
     held: BTreeMap<SlotId, Memslot>,
     /// The held slots by address space and base gfn, for an O(log n) overlap check.
     by_start: BTreeMap<(u16, u64), SlotId>,
     in_replay: bool,
     added: bool,
     /// Callbacks received other than `begin` and `commit`.
-    pub events: usize,
+    pub(crate) events: usize,
 }
 
 impl Mirror {
     /// A mirror that holds `set`'s slots, as if it had been told about them.
-    pub fn of(set: &MemslotSet) -> Self {
+    pub(crate) fn of(set: &MemslotSet) -> Self {
         Mirror {
             held: set.iter().map(|s| (s.slot_id(), s.clone())).collect(),
             by_start: set.iter().map(|s| (start(s), s.slot_id())).collect(),
@@ -32,7 +32,7 @@ impl Mirror {
     }
 
     /// Panics unless the mirror holds exactly `set`'s slots.
-    pub fn assert_holds(&self, set: &MemslotSet) {
+    pub(crate) fn assert_holds(&self, set: &MemslotSet) {
         let want: Vec<&Memslot> = set.iter().collect();
         let mut have: Vec<&Memslot> = self
             .held

@@ -12,7 +12,7 @@
 use memslots::{Limits, MemFlags, UserspaceMemoryRegion};
 
 /// Reads the input front to back; `None` once it runs out.
-pub struct Bytes<'a>(pub &'a [u8]);
+pub(crate) struct Bytes<'a>(pub &'a [u8]);
 
 impl Bytes<'_> {
     fn byte(&mut self) -> Option<u8> {
@@ -50,7 +50,7 @@ impl Bytes<'_> {
 
 /// How many slots a run works with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Scale {
+pub(crate) enum Scale {
     /// Ids below 16 in 96 guest pages.
     Few,
     /// `prefill` slots created first (ids `0..prefill`, one every four guest pages), then ids up
@@ -86,13 +86,13 @@ impl Scale {
 }
 
 /// First host page of the slots a run creates.
-pub const HVA_BASE_PAGE: u64 = 0x100;
+pub(crate) const HVA_BASE_PAGE: u64 = 0x100;
 
 /// One step of a run. The `*Existing` steps name a slot that exists, by its index in the current
 /// layout, so that moves and flag changes (which must repeat the slot's host address and size)
 /// are common.
 #[derive(Clone, Copy, Debug)]
-pub enum Step {
+pub(crate) enum Step {
     /// A request as decoded.
     Raw(UserspaceMemoryRegion),
     /// Move an existing slot to another guest page, maybe with other flags.
@@ -123,20 +123,20 @@ pub enum Step {
 
 /// A decoded run: its limits, its scale and its steps (the prefill first).
 #[derive(Clone, Debug)]
-pub struct Run {
+pub(crate) struct Run {
     /// The limits both designs are built with.
-    pub limits: Limits,
+    pub(crate) limits: Limits,
     /// How many slots the run works with.
-    pub scale: Scale,
+    pub(crate) scale: Scale,
     /// The steps, in order.
-    pub steps: Vec<Step>,
+    pub(crate) steps: Vec<Step>,
 }
 
 impl Run {
     /// The run a header selects, with its prefill and no other step yet: the first byte picks
     /// the limits (low bits) and the scale (top bit), the second the prefill of a
     /// [`Scale::Many`] run.
-    pub fn start(header: &mut Bytes<'_>) -> Run {
+    pub(crate) fn start(header: &mut Bytes<'_>) -> Run {
         let selector = header.byte().unwrap_or(0);
         let limits = limits(selector & 0x7f);
         let scale = if selector & 0x80 == 0 {
@@ -177,7 +177,7 @@ impl Run {
     }
 
     /// Decodes one step from `b` and appends it; `false` once `b` is too short for one.
-    pub fn push(&mut self, b: &mut Bytes<'_>) -> bool {
+    pub(crate) fn push(&mut self, b: &mut Bytes<'_>) -> bool {
         match step(b, &self.limits, self.scale) {
             Some(step) => {
                 self.steps.push(step);
@@ -190,7 +190,7 @@ impl Run {
 
 /// The run that `data` encodes: a header, then steps to the end (trailing bytes too few for a
 /// step are ignored).
-pub fn decode(data: &[u8]) -> Run {
+pub(crate) fn decode(data: &[u8]) -> Run {
     let mut b = Bytes(data);
     let mut run = Run::start(&mut b);
     while run.push(&mut b) {}
@@ -198,7 +198,7 @@ pub fn decode(data: &[u8]) -> Run {
 }
 
 /// The run of a header and one chunk per step (a chunk too short for a step adds none).
-pub fn decode_chunks(header: [u8; 2], chunks: &[Vec<u8>]) -> Run {
+pub(crate) fn decode_chunks(header: [u8; 2], chunks: &[Vec<u8>]) -> Run {
     let mut run = Run::start(&mut Bytes(&header));
     for chunk in chunks {
         run.push(&mut Bytes(chunk));
@@ -207,7 +207,7 @@ pub fn decode_chunks(header: [u8; 2], chunks: &[Vec<u8>]) -> Run {
 }
 
 /// Bytes enough for any one step.
-pub const STEP_BYTES: usize = 48;
+pub(crate) const STEP_BYTES: usize = 48;
 
 /// The limits a run uses: the default, and small ones that reach the limits quickly.
 fn limits(selector: u8) -> Limits {
@@ -323,7 +323,7 @@ fn step(b: &mut Bytes<'_>, limits: &Limits, scale: Scale) -> Option<Step> {
 /// The request a step makes against a VM whose layout is `regions` (as
 /// [`Memslots::layout`](memslots::Memslots::layout) lists it) and whose page size is `page`;
 /// `None` for [`Step::Anchor`].
-pub fn request(
+pub(crate) fn request(
     regions: &[UserspaceMemoryRegion],
     page: u64,
     step: &Step,

@@ -19,20 +19,20 @@ use vm_memory::{Address, Bytes, GuestAddress, GuestMemory};
 /// A request header, 16 bytes little endian: `id` (u64), `fill` (u8, then 3 bytes of padding),
 /// `len` (u32).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Header {
+pub(crate) struct Header {
     /// The driver's tag for the request; the response starts with it.
-    pub id: u64,
+    pub(crate) id: u64,
     /// The byte the rest of the response is filled with.
-    pub fill: u8,
+    pub(crate) fill: u8,
     /// How many response bytes the driver asks for.
-    pub len: u32,
+    pub(crate) len: u32,
 }
 
 impl Header {
     /// Its size in guest memory.
-    pub const SIZE: usize = 16;
+    pub(crate) const SIZE: usize = 16;
 
-    pub fn encode(&self) -> [u8; Self::SIZE] {
+    pub(crate) fn encode(&self) -> [u8; Self::SIZE] {
         let mut bytes = [0; Self::SIZE];
         bytes[..8].copy_from_slice(&self.id.to_le_bytes());
         bytes[8] = self.fill;
@@ -40,7 +40,7 @@ impl Header {
         bytes
     }
 
-    pub fn decode(bytes: &[u8; Self::SIZE]) -> Self {
+    pub(crate) fn decode(bytes: &[u8; Self::SIZE]) -> Self {
         Self {
             id: u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")),
             fill: bytes[8],
@@ -49,7 +49,7 @@ impl Header {
     }
 
     /// The response to this request, `n` bytes of it: the id's bytes, then the fill byte.
-    pub fn response_into(&self, out: &mut [u8]) {
+    pub(crate) fn response_into(&self, out: &mut [u8]) {
         out.fill(self.fill);
         let id = self.id.to_le_bytes();
         let n = out.len().min(id.len());
@@ -59,13 +59,13 @@ impl Header {
 
 /// What the device did with one chain.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Served {
+pub(crate) struct Served {
     /// The chain's head descriptor index.
-    pub head: u16,
+    pub(crate) head: u16,
     /// The request it read.
-    pub header: Header,
+    pub(crate) header: Header,
     /// The response bytes it wrote (the used entry's length).
-    pub written: u32,
+    pub(crate) written: u32,
 }
 
 /// The device: pops one chain from `queue`, reads the header from its first descriptor, writes
@@ -75,7 +75,11 @@ pub struct Served {
 /// # Panics
 /// If the chain does not start with a readable descriptor or any of its memory is unmapped: the
 /// drivers here never make such chains.
-pub fn serve<M: GuestMemory>(queue: &mut Queue, mem: &M, scratch: &mut [u8]) -> Option<Served> {
+pub(crate) fn serve<M: GuestMemory>(
+    queue: &mut Queue,
+    mem: &M,
+    scratch: &mut [u8],
+) -> Option<Served> {
     let mut chain = queue.pop_descriptor_chain(mem)?;
     let head = chain.head_index();
     let first = chain.next().expect("a header descriptor");
@@ -109,10 +113,10 @@ pub fn serve<M: GuestMemory>(queue: &mut Queue, mem: &M, scratch: &mut [u8]) -> 
 
 /// One request as the driver lays it out: where its header goes, and its response buffers.
 #[derive(Clone, Debug)]
-pub struct Request {
-    pub header_at: GuestAddress,
-    pub header: Header,
-    pub response: Vec<(GuestAddress, u32)>,
+pub(crate) struct Request {
+    pub(crate) header_at: GuestAddress,
+    pub(crate) header: Header,
+    pub(crate) response: Vec<(GuestAddress, u32)>,
 }
 
 /// The driver side of one split queue of `size` descriptors at `base`.
@@ -122,14 +126,14 @@ pub struct Request {
 /// because virtio-queue 0.18's mock puts its used ring `size` bytes (not `2 * size`) after the
 /// available ring's entries, inside them once `size` exceeds 2, and `add_desc_chains` does not
 /// wrap around the ring.
-pub struct Driver<'a, M: GuestMemory> {
+pub(crate) struct Driver<'a, M: GuestMemory> {
     mem: &'a M,
     mock: MockSplitQueue<'a, M>,
     size: u16,
 }
 
 impl<'a, M: GuestMemory> Driver<'a, M> {
-    pub fn new(mem: &'a M, base: GuestAddress, size: u16) -> Self {
+    pub(crate) fn new(mem: &'a M, base: GuestAddress, size: u16) -> Self {
         Self {
             mem,
             mock: MockSplitQueue::create(mem, base, size),
@@ -139,13 +143,13 @@ impl<'a, M: GuestMemory> Driver<'a, M> {
 
     /// Where the used ring is: after the available ring's flags, index, `size` entries and
     /// event, 4-aligned; 4 bytes of flags and index, then 8-byte entries (id, len).
-    pub fn used_addr(&self) -> GuestAddress {
+    pub(crate) fn used_addr(&self) -> GuestAddress {
         let avail_end = self.mock.avail_addr().0 + 6 + 2 * u64::from(self.size);
         GuestAddress(avail_end.next_multiple_of(4))
     }
 
     /// The device's view of the queue, ready.
-    pub fn queue(&self) -> Queue {
+    pub(crate) fn queue(&self) -> Queue {
         let mut queue = Queue::new(self.size).expect("a valid size");
         queue.set_size(self.size);
         queue
@@ -159,7 +163,7 @@ impl<'a, M: GuestMemory> Driver<'a, M> {
 
     /// Writes `requests` as chains from descriptor 0 on (headers into guest memory, descriptors
     /// into the table) and makes them available, in order. Their descriptors must fit the table.
-    pub fn offer(&self, requests: &[Request]) {
+    pub(crate) fn offer(&self, requests: &[Request]) {
         let mut index = 0;
         let avail = self.mock.avail();
         let first = avail.idx().load();
@@ -202,7 +206,7 @@ impl<'a, M: GuestMemory> Driver<'a, M> {
 
 /// The driver's side of a full available ring: makes all of it available again, as it was last
 /// written, so the device's next `size` pops serve the same heads once more.
-pub fn recycle<M: GuestMemory>(mem: &M, queue: &Queue) {
+pub(crate) fn recycle<M: GuestMemory>(mem: &M, queue: &Queue) {
     let idx = GuestAddress(queue.avail_ring()).unchecked_add(2);
     let next: u16 = mem.read_obj(idx).expect("the ring is mapped");
     mem.write_obj(next.wrapping_add(queue.size()), idx)
