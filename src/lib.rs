@@ -164,6 +164,15 @@ pub use types::{
 pub use view::{MemslotRead, MemslotStore};
 pub use vm::{Memslots, Snapshot};
 
+/// Documentation with no type of its own to live on.
+pub mod docs {
+    #[doc = include_str!("docs/protocol.md")]
+    pub mod protocol {}
+
+    #[doc = include_str!("docs/kernel_differences.md")]
+    pub mod kernel_differences {}
+}
+
 /// README's examples, compiled and run as doctests.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

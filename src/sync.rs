@@ -20,7 +20,7 @@ pub(crate) use loom::sync::{Mutex, MutexGuard};
 
 /// The reader's half of the asymmetric barrier (the membarrier flavour): no instruction, only a
 /// stop for the compiler, which may then not move the section's entry store past its version load.
-/// The hardware half is the writer's [`membarrier`]; the argument is in `reader.rs`.
+/// The hardware half is the writer's [`membarrier`]; the argument is in `docs/protocol.md`.
 #[inline]
 pub(crate) fn compiler_barrier() {
     std::sync::atomic::compiler_fence(Ordering::SeqCst);

@@ -4,7 +4,7 @@
 //!
 //! Loom checks the fence flavour only: it cannot model `membarrier(2)` (a barrier executed on other
 //! threads' behalf), and under `cfg(loom)` every reader is of the fence flavour. The membarrier
-//! flavour's argument, in `src/reader.rs`, reduces to this model.
+//! flavour's argument, in `src/docs/protocol.md`, reduces to this model.
 #![cfg(loom)]
 
 use loom::sync::atomic::{AtomicBool, Ordering};
