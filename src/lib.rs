@@ -156,7 +156,7 @@ pub use layout::Layout;
 pub use listener::{replay, MemoryListener};
 pub use publish::{Transaction, Version};
 pub use reader::{GracePeriod, ReadFlavour, ReadGuard, Reader};
-pub use set::{GfnRange, HvaRange, Iter, MemslotSet};
+pub use set::{GfnRange, HvaRange, Iter, MemslotSet, SetViolation};
 pub use slot::{DirtyBitmap, HvaError, Memslot};
 pub use types::{
     ChangeKind, Gfn, Gpa, Hva, Limits, MemFlags, SlotId, UserspaceMemoryRegion, MAX_ADDRESS_SPACES,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use crate::change::SlotLookup;
 use crate::slot::Memslot;
 use crate::tree::{self, Summary, Tree, Visit, Visitor};
-use crate::types::{Gfn, Hva, Limits};
+use crate::types::{Gfn, Hva, Limits, SlotId};
 use crate::view::MemslotRead;
 
 /// Key of the hva tree: ordered by host start address, then slot id, since host ranges may
@@ -66,6 +66,62 @@ impl<B: 'static> Summary<HvaKey, Arc<Memslot<B>>> for MaxEnd {
     fn combine(self, other: Self) -> Self {
         MaxEnd(self.0.max(other.0))
     }
+}
+
+/// A broken invariant of a [`MemslotSet`], found by [`MemslotSet::check_invariants`].
+///
+/// | operation | cost |
+/// |---|---|
+/// | [`Clone`], [`PartialEq`], `Display` | O(1) |
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SetViolation {
+    /// One of the three trees breaks its own invariants.
+    #[error("{tree} tree: {violation}")]
+    Tree {
+        /// Which tree: `"gfn"`, `"hva"` or `"id"`.
+        tree: &'static str,
+        /// What is broken in it.
+        violation: tree::Violation,
+    },
+    /// The trees hold different numbers of slots.
+    #[error("sizes differ: id {id}, gfn {gfn}, hva {hva}")]
+    SizesDiffer {
+        /// Slots in the id tree.
+        id: usize,
+        /// Slots in the gfn tree.
+        gfn: usize,
+        /// Slots in the hva tree.
+        hva: usize,
+    },
+    /// A slot is filed under a gfn key that is not its base, or in the wrong address space.
+    #[error("slot {slot} filed under gfn {key:#x}")]
+    Misfiled {
+        /// The slot.
+        slot: SlotId,
+        /// The key it is filed under.
+        key: u64,
+    },
+    /// A slot overlaps the one before it in gfn order.
+    #[error("slot {slot} overlaps its predecessor")]
+    Overlap {
+        /// The later slot.
+        slot: SlotId,
+    },
+    /// The trees do not hold the very same `Arc` of a slot.
+    #[error("slot {slot} is not the same slot in every tree")]
+    NotShared {
+        /// The slot.
+        slot: SlotId,
+    },
+    /// The recorded page count differs from the slots' pages.
+    #[error("total_pages {recorded} but the slots hold {counted}")]
+    TotalPages {
+        /// What the version records.
+        recorded: u64,
+        /// What its slots add up to.
+        counted: u64,
+    },
 }
 
 /// One address space's memslots at one moment: an immutable, structurally shared version.
@@ -312,46 +368,45 @@ impl<B: 'static> MemslotSet<B> {
     /// Time: O(n log n).
     ///
     /// # Errors
-    /// A description of the first broken invariant.
-    pub fn check_invariants(&self) -> Result<(), String> {
-        self.by_gfn
-            .check_invariants()
-            .map_err(|v| format!("gfn tree: {v}"))?;
-        self.by_hva
-            .check_invariants()
-            .map_err(|v| format!("hva tree: {v}"))?;
-        self.by_id
-            .check_invariants()
-            .map_err(|v| format!("id tree: {v}"))?;
+    /// The first broken invariant, as a [`SetViolation`].
+    pub fn check_invariants(&self) -> Result<(), SetViolation> {
+        let tree = |tree: &'static str| move |violation| SetViolation::Tree { tree, violation };
+        self.by_gfn.check_invariants().map_err(tree("gfn"))?;
+        self.by_hva.check_invariants().map_err(tree("hva"))?;
+        self.by_id.check_invariants().map_err(tree("id"))?;
         let n = self.by_id.len();
         if self.by_gfn.len() != n || self.by_hva.len() != n {
-            return Err(format!(
-                "sizes differ: id {n}, gfn {}, hva {}",
-                self.by_gfn.len(),
-                self.by_hva.len()
-            ));
+            return Err(SetViolation::SizesDiffer {
+                id: n,
+                gfn: self.by_gfn.len(),
+                hva: self.by_hva.len(),
+            });
         }
         let mut pages = 0u64;
         let mut prev_end = None;
         for (base, slot) in self.by_gfn.iter() {
+            let id = slot.slot_id();
             if *base != slot.base_gfn().0 || slot.as_id() != self.as_id {
-                return Err(format!("{slot:?} filed under gfn {base:#x}"));
+                return Err(SetViolation::Misfiled {
+                    slot: id,
+                    key: *base,
+                });
             }
             if prev_end.is_some_and(|end| end > *base) {
-                return Err(format!("{slot:?} overlaps its predecessor"));
+                return Err(SetViolation::Overlap { slot: id });
             }
             prev_end = Some(slot.end_gfn().0);
             let same = |s: Option<&Arc<Memslot<B>>>| s.is_some_and(|s| Arc::ptr_eq(s, slot));
             if !same(self.by_id.get(&slot.id())) || !same(self.by_hva.get(&HvaKey::of(slot))) {
-                return Err(format!("{slot:?} is not the same slot in every tree"));
+                return Err(SetViolation::NotShared { slot: id });
             }
             pages += slot.npages();
         }
         if pages != self.total_pages {
-            return Err(format!(
-                "total_pages {} but slots hold {pages}",
-                self.total_pages
-            ));
+            return Err(SetViolation::TotalPages {
+                recorded: self.total_pages,
+                counted: pages,
+            });
         }
         Ok(())
     }
