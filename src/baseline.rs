@@ -20,11 +20,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::change::{Origin, SlotLookup};
 use crate::error::Error;
-use crate::publish::sealed::VersionOps;
 use crate::publish::Core;
 use crate::reader::Reader;
 use crate::slot::Memslot;
 use crate::types::{ChangeKind, Gfn, Hva, Limits, UserspaceMemoryRegion};
+use crate::view::sealed::VersionOps;
 use crate::view::{MemslotRead, MemslotStore};
 use crate::vm::Snapshot;
 

@@ -1,7 +1,8 @@
 //! The crate's one error type, with KVM's errno for each failure.
 
-use crate::hooks::HookError;
-use crate::types::SlotId;
+use core::fmt;
+
+use crate::types::{LimitsError, SlotId};
 
 /// Linux errno values that [`Error::errno`] returns (positive, as `errno` is).
 pub mod errno {
@@ -40,39 +41,34 @@ impl core::fmt::Display for SlotField {
     }
 }
 
-/// Which [`Limits`](crate::Limits) value was out of range.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum LimitsError {
-    /// The page shift, outside 12..=30.
-    PageShift(u32),
-    /// The number of address spaces, outside 1..=16.
-    AddressSpaces(u16),
-    /// The slot counts, not `0 < user <= total <= 32767`.
-    Slots {
-        /// User slots asked for.
-        user: u16,
-        /// Total slots asked for.
-        total: u16,
-    },
-    /// The largest page count per slot, 0.
-    MaxPages(u64),
+/// A hook's refusal: the errno to return and a message. It reaches the caller as
+/// [`Error::Hook`](crate::Error::Hook).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct HookError {
+    /// The positive errno the request fails with (KVM passes the arch hook's on unchanged).
+    pub errno: i32,
+    /// What went wrong.
+    pub message: String,
 }
 
-impl core::fmt::Display for LimitsError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            Self::PageShift(s) => write!(f, "page shift {s} is outside 12..=30"),
-            Self::AddressSpaces(n) => write!(f, "{n} address spaces is outside 1..=16"),
-            Self::Slots { user, total } => {
-                write!(
-                    f,
-                    "{user} user slots of {total} is not 0 < user <= total <= 32767"
-                )
-            }
-            Self::MaxPages(n) => write!(f, "at most {n} pages per slot"),
+impl HookError {
+    /// A refusal with `errno` and `message`.
+    #[must_use]
+    pub fn new(errno: i32, message: impl Into<String>) -> Self {
+        Self {
+            errno,
+            message: message.into(),
         }
     }
 }
+
+impl fmt::Display for HookError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (errno {})", self.message, self.errno)
+    }
+}
+
+impl std::error::Error for HookError {}
 
 /// Why a request or call was refused.
 ///
@@ -256,7 +252,7 @@ pub enum Error {
     Hook(HookError),
     /// [`Limits`](crate::Limits) were given a value the kernel could not have (EINVAL).
     #[error("invalid limits: {0}")]
-    InvalidLimits(LimitsError),
+    InvalidLimits(#[from] LimitsError),
     /// A request would create a slot, but no backing was given for it: on a VM whose slots carry
     /// backings, slots are created with `create_memory_region` (EINVAL).
     #[error("slot {slot} would be created without a backing: use create_memory_region")]

@@ -1,38 +1,8 @@
 //! The architecture hooks a VMM plugs into the update protocol: KVM's `kvm_arch_*` calls.
 
-use core::fmt;
-
+use crate::error::HookError;
 use crate::slot::Memslot;
 use crate::types::ChangeKind;
-
-/// A hook's refusal: the errno to return and a message. It reaches the caller as
-/// [`Error::Hook`](crate::Error::Hook).
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct HookError {
-    /// The positive errno the request fails with (KVM passes the arch hook's on unchanged).
-    pub errno: i32,
-    /// What went wrong.
-    pub message: String,
-}
-
-impl HookError {
-    /// A refusal with `errno` and `message`.
-    #[must_use]
-    pub fn new(errno: i32, message: impl Into<String>) -> Self {
-        Self {
-            errno,
-            message: message.into(),
-        }
-    }
-}
-
-impl fmt::Display for HookError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} (errno {})", self.message, self.errno)
-    }
-}
-
-impl std::error::Error for HookError {}
 
 /// Calls the update protocol makes into the VMM, at the points where KVM calls into the
 /// architecture code. Every method has a do-nothing default.

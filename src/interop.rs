@@ -359,7 +359,7 @@ where
 #[derive(Clone)]
 #[cfg_attr(docsrs, doc(cfg(feature = "vm-memory")))]
 pub struct MemoryGuard<S = MemslotSet> {
-    root: crate::sync::RootGuard<crate::publish::Root<S>>,
+    root: crate::sync::RootGuard<crate::reader::Root<S>>,
 }
 
 impl<S> MemoryGuard<S> {

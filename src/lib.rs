@@ -134,6 +134,7 @@ mod interop;
 mod kvm_uapi;
 mod layout;
 mod listener;
+mod log_mode;
 mod publish;
 mod reader;
 mod set;
@@ -146,22 +147,23 @@ mod vm;
 
 pub use backing::{Backing, GuestRam};
 pub use diff::{Changes, Diff};
-pub use dirty::DirtyLogMode;
-pub use error::{errno, Error, LimitsError, SlotField};
-pub use hooks::{ArchHooks, HookError, NoHooks};
+pub use error::{errno, Error, HookError, SlotField};
+pub use hooks::{ArchHooks, NoHooks};
 #[cfg(feature = "vm-memory")]
 #[cfg_attr(docsrs, doc(cfg(feature = "vm-memory")))]
 pub use interop::{FromGuestMemoryError, GuestRegions, MemoryGuard};
 pub use layout::Layout;
 pub use listener::{replay, MemoryListener};
-pub use publish::{Transaction, Version};
+pub use log_mode::DirtyLogMode;
+pub use publish::Transaction;
 pub use reader::{GracePeriod, ReadFlavour, ReadGuard, Reader};
 pub use set::{GfnRange, HvaRange, Iter, MemslotSet, SetViolation};
 pub use slot::{DirtyBitmap, HvaError, Memslot};
 pub use types::{
-    ChangeKind, Gfn, Gpa, Hva, Limits, MemFlags, SlotId, UserspaceMemoryRegion, MAX_ADDRESS_SPACES,
+    ChangeKind, Gfn, Gpa, Hva, Limits, LimitsError, MemFlags, SlotId, UserspaceMemoryRegion,
+    MAX_ADDRESS_SPACES,
 };
-pub use view::{MemslotRead, MemslotStore};
+pub use view::{MemslotRead, MemslotStore, Version};
 pub use vm::{Memslots, Snapshot};
 
 /// Documentation with no type of its own to live on.

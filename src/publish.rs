@@ -7,82 +7,17 @@
 //! [`ArrayMemslots`](crate::baseline::ArrayMemslots) over the array baseline, so the benchmark's
 //! "Before" and "After" differ only in how a version is stored and copied.
 
-use core::borrow::Borrow;
 use core::fmt;
 use std::sync::Arc;
 
-use arrayvec::ArrayVec;
-
-use crate::change::{self, Origin, SlotLookup};
+use crate::change::{self, Origin};
 use crate::error::Error;
 use crate::hooks::{ArchHooks, NoHooks};
-use crate::reader::{GracePeriod, Published, ReadFlavour, Reader};
+use crate::reader::{GracePeriod, Published, ReadFlavour, Reader, Root, Spaces};
 use crate::slot::Memslot;
 use crate::sync::{lock, Mutex, MutexGuard};
-use crate::types::{ChangeKind, Gfn, Limits, SlotId, UserspaceMemoryRegion};
-use crate::view::MemslotRead;
-
-/// A type that one address space's versions are stored as, and so the type parameter of
-/// [`Reader`], [`ReadGuard`](crate::ReadGuard), [`Transaction`] and
-/// [`Snapshot`](crate::Snapshot): [`MemslotSet<B>`](crate::MemslotSet) (the trees) or the
-/// baseline's [`ArraySet`](crate::baseline::ArraySet).
-///
-/// Sealed: only this crate implements it, and what the update protocol asks of a version (build
-/// one, replace a slot, set its generation) stays the crate's; read a version through
-/// [`MemslotRead`] and its inherent methods.
-///
-/// | operation | cost |
-/// |---|---|
-/// | none public | the trait only bounds the generic handles |
-pub trait Version: sealed::VersionOps {}
-
-impl<T: sealed::VersionOps> Version for T {}
-
-pub(crate) mod sealed {
-    use super::*;
-
-    /// What the protocol needs of a version type. Sealed: reachable through [`Version`], never
-    /// nameable outside the crate, so nobody else can implement it or call its methods.
-    #[allow(unnameable_types)]
-    pub trait VersionOps:
-        MemslotRead<Backing: Send + Sync + 'static>
-        + SlotLookup<Backing = BackingOf<Self>>
-        + Clone
-        + Send
-        + Sync
-        + 'static
-    {
-        /// How the version holds a slot, and so what a reader's last-used slot keeps: a cheap
-        /// handle for the trees (an `Arc`), the slot itself for the array.
-        type Slot: Borrow<Memslot<BackingOf<Self>>> + Clone + Send + Sync;
-        /// An empty version of address space `as_id`.
-        fn empty(as_id: u16, generation: u64, limits: &Limits) -> Self;
-        /// Replaces slot `id` by `new` (removes it when `None`, adds `new` when there was none).
-        fn replace(&mut self, id: u16, new: Option<Memslot<BackingOf<Self>>>);
-        /// Sets the generation the version will be published with.
-        fn set_generation(&mut self, generation: u64);
-        /// The slot holding `gfn`, as the version holds it.
-        fn find_slot(&self, gfn: Gfn) -> Option<&Self::Slot>;
-    }
-}
-
-/// What the slots of a version type carry.
-pub(crate) type BackingOf<S> = <S as MemslotRead>::Backing;
-
-/// The published state: every address space's current version, swapped as one, so a reader pays
-/// one load however many address spaces it looks at, and a transaction spanning address spaces
-/// becomes visible all at once.
-#[derive(Debug)]
-pub(crate) struct Root<S> {
-    pub(crate) spaces: Spaces<Arc<S>>,
-    /// Counts publications; readers compare it with their cached root's.
-    pub(crate) version: u64,
-}
-
-/// One value per address space, inline: [`Limits`] allows at most
-/// [`MAX_ADDRESS_SPACES`](crate::types::MAX_ADDRESS_SPACES), and an update should not pay an
-/// allocation for a list of two.
-pub(crate) type Spaces<T> = ArrayVec<T, { crate::types::MAX_ADDRESS_SPACES }>;
+use crate::types::{ChangeKind, Limits, SlotId, UserspaceMemoryRegion};
+use crate::view::{BackingOf, Version};
 
 /// One empty entry per address space of `like`.
 fn none_per_space<T, U>(like: &Spaces<U>) -> Spaces<Option<T>> {
@@ -95,7 +30,7 @@ pub(crate) struct WriterState {
     /// Pages of every slot in every address space (`nr_memslot_pages`).
     vm_pages: u64,
     /// `KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2`'s setting (`manual_dirty_log_protect`).
-    pub(crate) dirty_log: crate::dirty::DirtyLogMode,
+    pub(crate) dirty_log: crate::log_mode::DirtyLogMode,
 }
 
 /// The writer lock, held: by a transaction from its start to its commit, and by the dirty-log
@@ -509,7 +444,7 @@ impl<S: Version> Transaction<'_, S> {
         let space = self.spaces[as_id].get_or_insert_with(|| S::clone(base));
         let id = plan.slot.id;
         let old = space.get(id).cloned();
-        crate::dirty::arm_new_bitmap(self.writer.dirty_log, old.as_ref(), plan.new.as_ref());
+        crate::log_mode::arm_new_bitmap(self.writer.dirty_log, old.as_ref(), plan.new.as_ref());
         space.replace(id, plan.new.clone());
         match plan.kind {
             ChangeKind::Create => self.vm_pages += checked.npages,

@@ -11,13 +11,29 @@ use core::fmt;
 use core::ops::Deref;
 use std::sync::Arc;
 
-use crate::publish::{BackingOf, Root, Version};
 use crate::slot::Memslot;
 use crate::sync::{
     backoff, compiler_barrier, fence, lock, membarrier, membarrier_available, AtomicU64, Mutex,
     Ordering, RootCell, RootGuard,
 };
 use crate::types::Gfn;
+use crate::view::{BackingOf, Version};
+use arrayvec::ArrayVec;
+
+/// The published state: every address space's current version, swapped as one, so a reader pays
+/// one load however many address spaces it looks at, and a transaction spanning address spaces
+/// becomes visible all at once.
+#[derive(Debug)]
+pub(crate) struct Root<S> {
+    pub(crate) spaces: Spaces<Arc<S>>,
+    /// Counts publications; readers compare it with their cached root's.
+    pub(crate) version: u64,
+}
+
+/// One value per address space, inline: [`Limits`] allows at most
+/// [`MAX_ADDRESS_SPACES`](crate::types::MAX_ADDRESS_SPACES), and an update should not pay an
+/// allocation for a list of two.
+pub(crate) type Spaces<T> = ArrayVec<T, { crate::types::MAX_ADDRESS_SPACES }>;
 
 /// What readers share with the writer: the root, its version, and the registry.
 pub(crate) struct Published<S> {
@@ -219,7 +235,7 @@ impl<S> Published<S> {
             readers: Mutex::new(Registry::default()),
             retired: Mutex::new(Vec::new()),
             idle_root: Arc::new(Root {
-                spaces: crate::publish::Spaces::new(),
+                spaces: crate::reader::Spaces::new(),
                 version: u64::MAX,
             }),
             default_flavour: ReadFlavour::best(),

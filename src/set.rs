@@ -457,7 +457,7 @@ impl<B: 'static> SlotLookup for MemslotSet<B> {
     }
 }
 
-impl<B: Send + Sync + 'static> crate::publish::sealed::VersionOps for MemslotSet<B> {
+impl<B: Send + Sync + 'static> crate::view::sealed::VersionOps for MemslotSet<B> {
     type Slot = Arc<Memslot<B>>;
 
     fn empty(as_id: u16, generation: u64, limits: &Limits) -> Self {

@@ -6,8 +6,6 @@
 
 use core::fmt;
 
-use crate::error::{Error, LimitsError};
-
 macro_rules! address_newtype {
     ($(#[$doc:meta])* $name:ident, $fmt:literal) => {
         $(#[$doc])*
@@ -158,6 +156,42 @@ impl MemFlags {
 /// The most address spaces [`Limits`] allows.
 pub const MAX_ADDRESS_SPACES: usize = 16;
 
+/// Which [`Limits`](crate::Limits) value was out of range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LimitsError {
+    /// The page shift, outside 12..=30.
+    PageShift(u32),
+    /// The number of address spaces, outside 1..=16.
+    AddressSpaces(u16),
+    /// The slot counts, not `0 < user <= total <= 32767`.
+    Slots {
+        /// User slots asked for.
+        user: u16,
+        /// Total slots asked for.
+        total: u16,
+    },
+    /// The largest page count per slot, 0.
+    MaxPages(u64),
+}
+
+impl core::fmt::Display for LimitsError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::PageShift(s) => write!(f, "page shift {s} is outside 12..=30"),
+            Self::AddressSpaces(n) => write!(f, "{n} address spaces is outside 1..=16"),
+            Self::Slots { user, total } => {
+                write!(
+                    f,
+                    "{user} user slots of {total} is not 0 < user <= total <= 32767"
+                )
+            }
+            Self::MaxPages(n) => write!(f, "at most {n} pages per slot"),
+        }
+    }
+}
+
+impl std::error::Error for LimitsError {}
+
 /// The VM-wide limits that validation enforces.
 ///
 /// The default is x86-64's: 4 KiB pages, 2 address spaces (normal and SMM), 32764 user slots and
@@ -280,7 +314,7 @@ impl Limits {
 
     /// The same limits with the user address bound on (`Some(limit)`) or off (`None`, the
     /// default): every request, deletes included, whose `userspace_addr + memory_size` is above
-    /// `limit` is refused with [`Error::UserAddressLimit`] (EINVAL), as the kernel's `access_ok`
+    /// `limit` is refused with [`Error::UserAddressLimit`](crate::Error::UserAddressLimit) (EINVAL), as the kernel's `access_ok`
     /// refuses it, right after the hva alignment check.
     ///
     /// ```
@@ -299,7 +333,7 @@ impl Limits {
     }
 
     /// The same limits with the largest gfn on (`Some(gfn)`) or off (`None`, the default): a
-    /// Create or Move whose last gfn is above it is refused with [`Error::GfnBeyondMax`] (EINVAL),
+    /// Create or Move whose last gfn is above it is refused with [`Error::GfnBeyondMax`](crate::Error::GfnBeyondMax) (EINVAL),
     /// after the overlap check, as x86's `kvm_arch_prepare_memory_region` refuses it.
     ///
     /// ```
@@ -323,10 +357,10 @@ impl Limits {
     /// The same limits with another page size, given as a shift from 12 (4 KiB) to 30 (1 GiB).
     ///
     /// # Errors
-    /// [`Error::InvalidLimits`] for a shift outside 12..=30.
-    pub const fn with_page_shift(mut self, page_shift: u32) -> Result<Self, Error> {
+    /// [`LimitsError`] for a shift outside 12..=30.
+    pub const fn with_page_shift(mut self, page_shift: u32) -> Result<Self, LimitsError> {
         if page_shift < 12 || page_shift > 30 {
-            return Err(Error::InvalidLimits(LimitsError::PageShift(page_shift)));
+            return Err(LimitsError::PageShift(page_shift));
         }
         self.page_shift = page_shift;
         Ok(self)
@@ -336,12 +370,10 @@ impl Limits {
     /// [`MAX_ADDRESS_SPACES`].
     ///
     /// # Errors
-    /// [`Error::InvalidLimits`] for 0 or more than [`MAX_ADDRESS_SPACES`].
-    pub const fn with_address_spaces(mut self, address_spaces: u16) -> Result<Self, Error> {
+    /// [`LimitsError`] for 0 or more than [`MAX_ADDRESS_SPACES`].
+    pub const fn with_address_spaces(mut self, address_spaces: u16) -> Result<Self, LimitsError> {
         if address_spaces == 0 || address_spaces as usize > MAX_ADDRESS_SPACES {
-            return Err(Error::InvalidLimits(LimitsError::AddressSpaces(
-                address_spaces,
-            )));
+            return Err(LimitsError::AddressSpaces(address_spaces));
         }
         self.address_spaces = address_spaces;
         Ok(self)
@@ -350,10 +382,10 @@ impl Limits {
     /// The same limits with other slot counts: `user` ids for user slots, `total` ids in all.
     ///
     /// # Errors
-    /// [`Error::InvalidLimits`] unless `0 < user <= total <= 32767`.
-    pub const fn with_slots(mut self, user: u16, total: u16) -> Result<Self, Error> {
+    /// [`LimitsError`] unless `0 < user <= total <= 32767`.
+    pub const fn with_slots(mut self, user: u16, total: u16) -> Result<Self, LimitsError> {
         if user == 0 || user > total || total > Self::MAX_SLOTS {
-            return Err(Error::InvalidLimits(LimitsError::Slots { user, total }));
+            return Err(LimitsError::Slots { user, total });
         }
         self.user_slots = user;
         self.total_slots = total;
@@ -363,10 +395,10 @@ impl Limits {
     /// The same limits with another largest page count for a user slot.
     ///
     /// # Errors
-    /// [`Error::InvalidLimits`] for 0.
-    pub const fn with_max_pages_per_slot(mut self, max: u64) -> Result<Self, Error> {
+    /// [`LimitsError`] for 0.
+    pub const fn with_max_pages_per_slot(mut self, max: u64) -> Result<Self, LimitsError> {
         if max == 0 {
-            return Err(Error::InvalidLimits(LimitsError::MaxPages(max)));
+            return Err(LimitsError::MaxPages(max));
         }
         self.max_pages_per_slot = max;
         Ok(self)

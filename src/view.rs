@@ -85,3 +85,55 @@ pub trait MemslotStore: Send + Sync {
     /// If `as_id` is not below the limits' number of address spaces.
     fn snapshot(&self, as_id: u16) -> Self::Snapshot;
 }
+
+/// A type that one address space's versions are stored as, and so the type parameter of
+/// [`Reader`](crate::Reader), [`ReadGuard`](crate::ReadGuard), [`Transaction`](crate::Transaction) and
+/// [`Snapshot`](crate::Snapshot): [`MemslotSet<B>`](crate::MemslotSet) (the trees) or the
+/// baseline's [`ArraySet`](crate::baseline::ArraySet).
+///
+/// Sealed: only this crate implements it, and what the update protocol asks of a version (build
+/// one, replace a slot, set its generation) stays the crate's; read a version through
+/// [`MemslotRead`] and its inherent methods.
+///
+/// | operation | cost |
+/// |---|---|
+/// | none public | the trait only bounds the generic handles |
+pub trait Version: sealed::VersionOps {}
+
+impl<T: sealed::VersionOps> Version for T {}
+
+pub(crate) mod sealed {
+    use core::borrow::Borrow;
+
+    use super::{BackingOf, MemslotRead};
+    use crate::change::SlotLookup;
+    use crate::slot::Memslot;
+    use crate::types::{Gfn, Limits};
+
+    /// What the protocol needs of a version type. Sealed: reachable through [`Version`], never
+    /// nameable outside the crate, so nobody else can implement it or call its methods.
+    #[allow(unnameable_types)]
+    pub trait VersionOps:
+        MemslotRead<Backing: Send + Sync + 'static>
+        + SlotLookup<Backing = BackingOf<Self>>
+        + Clone
+        + Send
+        + Sync
+        + 'static
+    {
+        /// How the version holds a slot, and so what a reader's last-used slot keeps: a cheap
+        /// handle for the trees (an `Arc`), the slot itself for the array.
+        type Slot: Borrow<Memslot<BackingOf<Self>>> + Clone + Send + Sync;
+        /// An empty version of address space `as_id`.
+        fn empty(as_id: u16, generation: u64, limits: &Limits) -> Self;
+        /// Replaces slot `id` by `new` (removes it when `None`, adds `new` when there was none).
+        fn replace(&mut self, id: u16, new: Option<Memslot<BackingOf<Self>>>);
+        /// Sets the generation the version will be published with.
+        fn set_generation(&mut self, generation: u64);
+        /// The slot holding `gfn`, as the version holds it.
+        fn find_slot(&self, gfn: Gfn) -> Option<&Self::Slot>;
+    }
+}
+
+/// What the slots of a version type carry.
+pub(crate) type BackingOf<S> = <S as MemslotRead>::Backing;

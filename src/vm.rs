@@ -5,9 +5,9 @@ use core::ops::Deref;
 use std::sync::Arc;
 
 use crate::change::Origin;
-use crate::dirty::DirtyLogMode;
 use crate::error::Error;
 use crate::hooks::ArchHooks;
+use crate::log_mode::DirtyLogMode;
 use crate::publish::{Core, Transaction};
 use crate::reader::{GracePeriod, ReadFlavour, Reader};
 use crate::set::MemslotSet;
@@ -438,12 +438,12 @@ impl<B: Send + Sync + 'static> Memslots<B> {
 
     /// Every address space's current version, as a guard on the published root.
     #[cfg(feature = "vm-memory")]
-    pub(crate) fn root_guard(&self) -> crate::sync::RootGuard<crate::publish::Root<MemslotSet<B>>> {
+    pub(crate) fn root_guard(&self) -> crate::sync::RootGuard<crate::reader::Root<MemslotSet<B>>> {
         self.core.root_guard()
     }
 
     /// Every address space's current version, read from one published root.
-    pub(crate) fn versions(&self) -> crate::publish::Spaces<Arc<MemslotSet<B>>> {
+    pub(crate) fn versions(&self) -> crate::reader::Spaces<Arc<MemslotSet<B>>> {
         self.core.versions()
     }
 
