@@ -14,6 +14,10 @@
 //! values) rather than vm-memory's `Bytes` (`read_slice`, `read_obj`, ...): with the
 //! `vm-memory` feature a version also implements `Bytes<GuestAddress>`, and an inherent method of
 //! the same name would shadow it.
+//!
+//! The methods belong to [`MemslotSet`] and [`ReadGuard`] but live here: byte access is its own
+//! job (splitting at slot boundaries, the backing's bounds, dirty marking), and keeping it apart
+//! leaves `set.rs` about the trees and `reader.rs` about the protocol.
 
 use bytemuck::Pod;
 

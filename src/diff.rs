@@ -3,6 +3,9 @@
 //! The walk runs over the two versions' id trees side by side and steps over every subtree the
 //! two share (the same `Arc`), so versions that differ in k slots cost O(k log n) however many
 //! slots they hold, and a version compared with itself costs O(1).
+//!
+//! `MemslotSet::diff` lives here rather than in `set.rs`, beside the `Diff` and `Changes` types it
+//! returns: one module for comparing versions.
 
 use core::fmt;
 use core::iter::FusedIterator;

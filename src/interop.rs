@@ -14,6 +14,10 @@
 //! and dirty pages are tracked by the backing's own vm-memory bitmap (an `MmapRegion<B>`'s `B`),
 //! not by the slot's dirty log. Slots being deleted or moved (`INVALID`) are not regions. The
 //! crate's own byte access ([`MemslotSet::write_guest`] and its kin) applies KVM's rules.
+//!
+//! Everything vm-memory touches is here, methods on the crate's types included
+//! (`Layout::from_guest_memory`, `MemslotSet::guest_regions`), so that the feature gates one
+//! module.
 
 use core::fmt;
 use core::iter::FusedIterator;

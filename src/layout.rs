@@ -1,4 +1,8 @@
 //! [`Layout`]: a whole VM's slots as plain data, to save, restore and compare.
+//!
+//! `Memslots::layout` and `Memslots::from_layout` live here, beside `Layout`: they are the
+//! conversions between a VM and its plain-data description, and `vm.rs` stays the update
+//! protocol's façade.
 
 use std::collections::HashSet;
 
