@@ -151,3 +151,72 @@ fn the_public_contract_is_whole() {
     assert_eq!(vm.dirty_log_mode(), mode);
     assert_eq!(DirtyLogMode::from_cap_args(mode.cap_args()), Some(mode));
 }
+
+/// Issue 8: slots that own their backing, byte access, and rust-vmm's traits.
+#[test]
+fn the_backing_contract_is_whole() {
+    use memslots::{Backing, Gpa, GuestRam, ReadGuard, Reader};
+
+    // `()` is the default: no type parameter to name.
+    let plain: Memslots<()> = Memslots::new(Limits::default());
+    let region = UserspaceMemoryRegion::new(0, MemFlags::LOG_DIRTY_PAGES, 0, 0x2000, 0x7000_0000);
+    plain.set_user_memory_region(region).unwrap();
+    assert_eq!(*plain.snapshot(0).get(0).unwrap().backing(), ());
+
+    let vm: Memslots<GuestRam> = Memslots::backed(Limits::default());
+    assert!(matches!(
+        vm.set_user_memory_region(region),
+        Err(Error::BackingRequired { .. })
+    ));
+    vm.create_memory_region(region, GuestRam::new(0x2000))
+        .unwrap();
+    let set: &MemslotSet<GuestRam> = &vm.snapshot(0);
+    let slot: &Memslot<GuestRam> = set.get(0).unwrap();
+    assert_eq!(slot.backing().len(), 0x2000);
+    assert!(std::sync::Arc::ptr_eq(
+        slot.backing_arc(),
+        vm.snapshot(0).get(0).unwrap().backing_arc()
+    ));
+    set.write_guest(Gpa(0xffe), &[1, 2, 3, 4]).unwrap();
+    set.write_guest_obj(Gpa(0x10), 7u32).unwrap();
+    let mut buf = [0; 4];
+    set.read_guest(Gpa(0xffe), &mut buf).unwrap();
+    assert_eq!(
+        (buf, set.read_guest_obj::<u32>(Gpa(0x10)).unwrap()),
+        ([1, 2, 3, 4], 7)
+    );
+    let reader: Reader<MemslotSet<GuestRam>> = vm.reader();
+    let mut section: ReadGuard<'_, MemslotSet<GuestRam>> = reader.read();
+    assert_eq!(section.read_guest_obj::<u32>(0, Gpa(0x10)).unwrap(), 7);
+    section.write_guest(0, Gpa(0), &[9]).unwrap();
+    assert!(matches!(
+        section.read_guest(0, Gpa(0x2000), &mut buf),
+        Err(Error::Unmapped { gpa: 0x2000 })
+    ));
+    drop(section);
+    assert_eq!(vm.get_dirty_log(0).unwrap(), [0b11]);
+}
+
+/// Issue 8: `Memslots<B>` is a vm-memory `GuestAddressSpace` for a backing made from a
+/// `vm_memory::MmapRegion` (the backing type is `MmapRegion` itself).
+#[cfg(feature = "vm-memory-mmap")]
+#[test]
+fn memslots_is_a_guest_address_space() {
+    use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryBackend, MmapRegion};
+
+    fn device<A: GuestAddressSpace>(space: &A) -> u64 {
+        let mem = space.memory();
+        mem.write_obj(0x1234_u64, GuestAddress(0x10_0000)).unwrap();
+        mem.read_obj(GuestAddress(0x10_0000)).unwrap()
+    }
+    let vm: Memslots<MmapRegion> = Memslots::backed(Limits::default());
+    let ram = MmapRegion::new(0x1000).unwrap();
+    let hva = ram.as_ptr() as u64;
+    vm.create_memory_region(
+        UserspaceMemoryRegion::new(0, MemFlags::empty(), 0x10_0000, 0x1000, hva),
+        ram,
+    )
+    .unwrap();
+    assert_eq!(device(&vm), 0x1234);
+    assert!(vm.memory().find_region(GuestAddress(0x10_0fff)).is_some());
+}
