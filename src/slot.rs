@@ -132,15 +132,18 @@ impl<B> Memslot<B> {
     ///
     /// - every [`Snapshot`](crate::Snapshot) of a version that has the slot (dropping the last one
     ///   drops the backing, in the dropping thread);
-    /// - every [`Reader`](crate::Reader) that saw such a version: a reader keeps the versions of
-    ///   its last section (and its last-used slot) until its next section starts after a newer
-    ///   publication, or until it is dropped;
+    /// - every [`Reader`](crate::Reader) that saw such a version: a reader inside a section when
+    ///   the delete was published lets go as that section ends; a reader idle since before it
+    ///   keeps the versions of its last section (and its last-used slot) until its next section,
+    ///   [`Reader::quiesce`](crate::Reader::quiesce), or its drop;
     /// - the writer, which keeps every replaced version until no reader holds it and frees it at
-    ///   its next publication or grace period ([`Memslots::synchronize`](crate::Memslots::synchronize))
-    ///   after that, so that readers never pay for freeing.
+    ///   its next grace period ([`Memslots::synchronize`](crate::Memslots::synchronize),
+    ///   [`Memslots::poll_synchronize`](crate::Memslots::poll_synchronize)) or waiting
+    ///   publication after that, so that readers never pay for freeing (the
+    ///   [reclamation rule](crate::docs::protocol)).
     ///
     /// So memory a slot points at is never released while anything can still translate through
-    /// the slot, and an idle reader holds it until it next reads.
+    /// the slot, and an idle reader that never quiesces holds it until it next reads.
     ///
     /// Time: O(1).
     #[must_use]
