@@ -67,28 +67,24 @@ impl Drop for WriterLock<'_> {
 mod writer_tracking {
     use std::cell::RefCell;
 
+    use crate::sync::ThreadMarks;
+
     thread_local! {
         static HELD: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
     }
 
     pub(super) fn acquire(vm: usize) {
-        let held = HELD.with(|held| held.borrow().contains(&vm));
         assert!(
-            !held,
+            !ThreadMarks(&HELD).contains(vm),
             "a Memslots call that takes the writer lock (an update, a transaction, get_dirty_log \
              or clear_dirty_log) was made while this thread already holds it: from an ArchHooks \
              callback or with a Transaction open; it would wait for itself forever"
         );
-        HELD.with(|held| held.borrow_mut().push(vm));
+        ThreadMarks(&HELD).add(vm);
     }
 
     pub(super) fn release(vm: usize) {
-        HELD.with(|held| {
-            let mut held = held.borrow_mut();
-            if let Some(i) = held.iter().rposition(|&v| v == vm) {
-                held.swap_remove(i);
-            }
-        });
+        ThreadMarks(&HELD).remove(vm);
     }
 }
 

@@ -734,27 +734,23 @@ impl<S: Version> fmt::Debug for ReadGuard<'_, S> {
 mod section_tracking {
     use std::cell::RefCell;
 
+    use crate::sync::ThreadMarks;
+
     thread_local! {
         static INSIDE: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
     }
 
     pub(super) fn enter(vm: usize) {
-        INSIDE.with(|inside| inside.borrow_mut().push(vm));
+        ThreadMarks(&INSIDE).add(vm);
     }
 
     pub(super) fn leave(vm: usize) {
-        INSIDE.with(|inside| {
-            let mut inside = inside.borrow_mut();
-            if let Some(i) = inside.iter().rposition(|&v| v == vm) {
-                inside.swap_remove(i);
-            }
-        });
+        ThreadMarks(&INSIDE).remove(vm);
     }
 
     pub(super) fn assert_not_inside(vm: usize) {
-        let inside = INSIDE.with(|inside| inside.borrow().contains(&vm));
         assert!(
-            !inside,
+            !ThreadMarks(&INSIDE).contains(vm),
             "a Memslots writer call (update, transaction commit or synchronize) was made from \
              inside a read-side section of the same VM on the same thread: it would wait for \
              that section forever; drop the ReadGuard first"

@@ -170,3 +170,32 @@ impl<T> core::ops::Deref for RootGuard<T> {
         &self.inner
     }
 }
+
+/// Debug builds only: a per-thread list of the VMs a thread is inside of in some sense (a
+/// read-side section, the writer lock), so that a call that would wait for the thread itself
+/// panics with an explanation instead of hanging.
+#[cfg(all(debug_assertions, not(loom)))]
+pub(crate) struct ThreadMarks(
+    pub(crate) &'static std::thread::LocalKey<std::cell::RefCell<Vec<usize>>>,
+);
+
+#[cfg(all(debug_assertions, not(loom)))]
+impl ThreadMarks {
+    pub(crate) fn add(&self, vm: usize) {
+        self.0.with(|marks| marks.borrow_mut().push(vm));
+    }
+
+    /// Removes one mark of `vm`, if this thread has one.
+    pub(crate) fn remove(&self, vm: usize) {
+        self.0.with(|marks| {
+            let mut marks = marks.borrow_mut();
+            if let Some(i) = marks.iter().rposition(|&v| v == vm) {
+                marks.swap_remove(i);
+            }
+        });
+    }
+
+    pub(crate) fn contains(&self, vm: usize) -> bool {
+        self.0.with(|marks| marks.borrow().contains(&vm))
+    }
+}
