@@ -102,20 +102,21 @@ pub(crate) struct Core<S: Version> {
     /// Whether `hooks` came from the caller: a non-waiting publication still runs the `INVALID`
     /// step and its grace period for them (`flush_shadow` needs it).
     has_hooks: bool,
-    /// Whether a single update ([`update`](Self::update)) waits for its grace periods: the
-    /// kernel-exact form where the caller manages the memory behind slots (layout-only VMs) or
-    /// hooks expect the kernel's points, the non-waiting one where slots own their memory (see
-    /// `Memslots::set_user_memory_region`).
-    update_waits: bool,
 }
 
 impl<S: Version> Core<S> {
     pub(crate) fn new(limits: Limits, implicit_backing: Option<Arc<BackingOf<S>>>) -> Self {
-        let layout_only = implicit_backing.is_some();
         let mut core = Self::with_hooks(limits, Box::new(NoHooks), implicit_backing);
         core.has_hooks = false;
-        core.update_waits = layout_only;
         core
+    }
+
+    /// Whether a single update ([`update`](Self::update)) waits for its grace periods: the
+    /// kernel-exact form where the caller manages the memory behind slots (a layout-only VM, whose
+    /// creates get the implicit backing) or hooks expect the kernel's points, the non-waiting one
+    /// where slots own their memory (see `Memslots::set_user_memory_region`).
+    fn update_waits(&self) -> bool {
+        self.has_hooks || self.implicit_backing.is_some()
     }
 
     pub(crate) fn with_hooks(
@@ -134,7 +135,6 @@ impl<S: Version> Core<S> {
             hooks,
             implicit_backing,
             has_hooks: true,
-            update_waits: true,
         }
     }
 
@@ -263,7 +263,7 @@ impl<S: Version> Core<S> {
     ) -> Result<ChangeKind, Error> {
         let mut tx = self.transaction();
         let kind = tx.apply(region, origin)?;
-        let _grace = tx.finish(self.update_waits)?;
+        let _grace = tx.finish(self.update_waits())?;
         Ok(kind)
     }
 
@@ -275,7 +275,7 @@ impl<S: Version> Core<S> {
     ) -> Result<(), Error> {
         let mut tx = self.transaction();
         tx.create_memory_region(*region, backing)?;
-        tx.finish(self.update_waits).map(drop)
+        tx.finish(self.update_waits()).map(drop)
     }
 
     /// Publishes a root; `reclaim_now` as in `Published::publish`.
