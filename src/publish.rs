@@ -24,6 +24,22 @@ fn none_per_space<T, U>(like: &Spaces<U>) -> Spaces<Option<T>> {
     like.iter().map(|_| None).collect()
 }
 
+/// `base`'s versions with `replaced` put in: each `(as_id, version, steps)` published with the
+/// generation `steps` publications after `base`'s, a publication stepping it by `step` (the number
+/// of address spaces).
+fn next_spaces<S: Version>(
+    base: &Root<S>,
+    step: u64,
+    replaced: impl IntoIterator<Item = (usize, S, u64)>,
+) -> Spaces<Arc<S>> {
+    let mut spaces = base.spaces.clone();
+    for (as_id, mut space, steps) in replaced {
+        space.set_generation(base.spaces[as_id].generation() + steps * step);
+        spaces[as_id] = Arc::new(space);
+    }
+    spaces
+}
+
 /// What only the writer touches, under the writer lock (KVM's `slots_lock`).
 #[derive(Debug, Default)]
 pub(crate) struct WriterState {
@@ -518,7 +534,10 @@ impl<S: Version> Transaction<'_, S> {
         }
         let step = u64::from(core.limits.address_spaces());
         let mut version = base.version;
-        let generation = |as_id: usize, steps: u64| base.spaces[as_id].generation() + steps * step;
+        let mut publish = |spaces, reclaim_now| {
+            version += 1;
+            core.publish(spaces, version, reclaim_now);
+        };
 
         // Published slots that go away or move become INVALID first.
         let mut invalid: Spaces<Option<S>> = none_per_space(&base.spaces);
@@ -544,21 +563,14 @@ impl<S: Version> Transaction<'_, S> {
         // form, or hooks to flush. Its generation step is counted either way.
         let publish_invalid = !invalidated.is_empty() && (waiting || core.has_hooks);
         if publish_invalid {
-            let mut spaces = base.spaces.clone();
-            for &as_id in &invalidated {
-                if let Some(mut space) = invalid[as_id].take() {
-                    space.set_generation(generation(as_id, 1));
-                    spaces[as_id] = Arc::new(space);
-                }
-            }
-            version += 1;
-            core.publish(spaces, version, true);
+            let invalid = invalid.iter_mut().enumerate();
+            let invalid = invalid.filter_map(|(as_id, s)| Some((as_id, s.take()?, 1)));
+            publish(next_spaces(&base, step, invalid), true);
             core.synchronize();
             for old in &flushed {
                 core.hooks.flush_shadow(old);
             }
         }
-        let invalid_steps = |as_id: usize| u64::from(invalidated.contains(&as_id));
 
         for (prepared, change) in changes.iter().enumerate() {
             if let Err(refusal) =
@@ -572,32 +584,26 @@ impl<S: Version> Transaction<'_, S> {
                 }
                 if publish_invalid {
                     // Put the old slots back: the published versions again, one step later.
-                    let mut spaces = base.spaces.clone();
-                    for &as_id in &invalidated {
-                        let mut space = S::clone(&base.spaces[as_id]);
-                        space.set_generation(generation(as_id, 2));
-                        spaces[as_id] = Arc::new(space);
-                    }
-                    version += 1;
-                    core.publish(spaces, version, true);
+                    let restored = invalidated
+                        .iter()
+                        .map(|&as_id| (as_id, S::clone(&base.spaces[as_id]), 2));
+                    publish(next_spaces(&base, step, restored), true);
                     core.synchronize();
                 }
                 return Err(Error::Hook(refusal));
             }
         }
 
-        let mut spaces = base.spaces.clone();
-        for (as_id, working) in working_spaces.iter_mut().enumerate() {
-            if let Some(mut space) = working.take() {
-                space.set_generation(generation(as_id, 1 + invalid_steps(as_id)));
-                spaces[as_id] = Arc::new(space);
-            }
-        }
+        let working = working_spaces.iter_mut().enumerate();
+        let finals = working.filter_map(|(as_id, s)| {
+            let steps = 1 + u64::from(invalidated.contains(&as_id));
+            Some((as_id, s.take()?, steps))
+        });
+        let spaces = next_spaces(&base, step, finals);
         // Let go of the old root before publishing, so that the publication can free it (and
         // the INVALID one) at once when no reader holds them.
         drop(base);
-        version += 1;
-        core.publish(spaces, version, waiting);
+        publish(spaces, waiting);
         let grace = if waiting {
             core.synchronize();
             core.published.no_grace_period()
