@@ -84,7 +84,7 @@ impl<B: 'static> MemslotSet<B> {
     /// The slots that differ between this version (old) and `other` (new), in ascending slot id
     /// order: [`Added`](Diff::Added), [`Removed`](Diff::Removed) and [`Changed`](Diff::Changed).
     ///
-    /// Slots are compared by layout ([`Memslot::same_layout`]): a slot rebuilt with the same
+    /// Slots are compared by layout (the [`PartialEq`] of [`Memslot`]): a slot rebuilt with the same
     /// fields (flags turned off and on again, a move and a move back) is not a change. Dirty
     /// bitmap contents are not compared. The intermediate `INVALID` copy that a delete or move
     /// publishes differs from the slot in its flags, so a snapshot caught in that step shows the
@@ -176,7 +176,7 @@ impl<'a, B: 'static> Iterator for Changes<'a, B> {
                 DiffItem::Add(_, new) => Diff::Added(new),
                 DiffItem::Remove(_, old) => Diff::Removed(old),
                 // Different `Arc`s may hold equal slots: a flag turned off and on again.
-                DiffItem::Update { old, new, .. } if old.same_layout(new) => continue,
+                DiffItem::Update { old, new, .. } if old == new => continue,
                 DiffItem::Update { old, new, .. } => Diff::Changed { old, new },
             });
         }

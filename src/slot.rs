@@ -305,11 +305,13 @@ impl<B> Memslot<B> {
         let end_gfn = self.base_gfn.0 + (last >> self.page_shift) + u64::from(last & mask != 0);
         Gfn(first_gfn)..Gfn(end_gfn)
     }
+}
 
-    /// Whether two slots describe the same memory the same way (all fields but the bitmap's
-    /// contents; bitmaps compare by whether logging is on).
-    #[must_use]
-    pub fn same_layout<C>(&self, other: &Memslot<C>) -> bool {
+/// Slots are equal when they describe the same memory the same way: every field but the backing
+/// and the dirty bitmap's contents (bitmaps compare by whether logging is on), so slots with
+/// different backing types compare too.
+impl<B, C> PartialEq<Memslot<C>> for Memslot<B> {
+    fn eq(&self, other: &Memslot<C>) -> bool {
         self.base_gfn == other.base_gfn
             && self.npages == other.npages
             && self.userspace_addr == other.userspace_addr
@@ -317,13 +319,6 @@ impl<B> Memslot<B> {
             && self.id == other.id
             && self.as_id == other.as_id
             && self.dirty.is_some() == other.dirty.is_some()
-    }
-}
-
-/// Slots compare by layout ([`same_layout`](Memslot::same_layout)), not by backing.
-impl<B, C> PartialEq<Memslot<C>> for Memslot<B> {
-    fn eq(&self, other: &Memslot<C>) -> bool {
-        self.same_layout(other)
     }
 }
 

@@ -294,7 +294,7 @@ fn naive_diff<'a>(old: &'a MemslotSet, new: &'a MemslotSet) -> Vec<Diff<'a>> {
     ids.dedup();
     ids.into_iter()
         .filter_map(|id| match (old.get(&id), new.get(&id)) {
-            (Some(&o), Some(&n)) if o.same_layout(n) => None,
+            (Some(&o), Some(&n)) if o == n => None,
             (Some(&o), Some(&n)) => Some(Diff::Changed { old: o, new: n }),
             (Some(&o), None) => Some(Diff::Removed(o)),
             (None, Some(&n)) => Some(Diff::Added(n)),
