@@ -3,7 +3,7 @@
 //! read-side section against plain `arc-swap`, `RwLock<Arc<_>>` and `crossbeam-epoch`, one update
 //! on each design, and taking a snapshot.
 //!
-//! `cargo bench --bench micro [-- FILTER]`; the slot layout is N contiguous slots of 512 pages.
+//! `cargo bench --features baseline --bench micro [-- FILTER]`; the slot layout is N contiguous slots of 512 pages.
 
 use std::cell::Cell;
 use std::collections::HashMap;

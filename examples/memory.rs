@@ -2,7 +2,7 @@
 //! that lookups allocate nothing. Counted with `stats_alloc`'s instrumented system allocator
 //! (bytes allocated and not yet freed), so no `unsafe` is needed here.
 //!
-//! `cargo run --release --example memory [-- N,N,...]` (default 10,509,4096,32764 slots).
+//! `cargo run --release --features baseline --example memory [-- N,N,...]` (default 10,509,4096,32764 slots).
 
 use std::alloc::System;
 use std::hint::black_box;

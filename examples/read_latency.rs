@@ -6,7 +6,7 @@
 //! the reader's cached root and last-used slot without changing what it finds. The timer's own
 //! cost, measured the same way around an empty body, is printed as a floor.
 //!
-//! `cargo run --release --example read_latency [-- SLOTS [LOOKUPS]]` (default 509 slots, 2^20
+//! `cargo run --release --features baseline --example read_latency [-- SLOTS [LOOKUPS]]` (default 509 slots, 2^20
 //! lookups per scenario).
 
 use std::hint::black_box;

@@ -23,8 +23,9 @@
 //! - [`Transaction`]: several requests published as one version, all or nothing; [`ArchHooks`]:
 //!   the `kvm_arch_*` calls (`prepare`, `commit`, `flush_shadow`); dirty logging through
 //!   [`Reader::mark_page_dirty`], [`Memslots::get_dirty_log`] and [`Memslots::clear_dirty_log`].
-//! - [`baseline`]: the array design the kernel replaced, behind the same traits
-//!   ([`MemslotRead`], [`MemslotStore`]): the oracle for tests and the "Before" of the benchmarks.
+//! - `baseline` (with the `baseline` feature): the array design the kernel replaced, behind the
+//!   same traits ([`MemslotRead`], [`MemslotStore`]): the oracle for tests and the "Before" of the
+//!   benchmarks.
 //! - [`tree`]: the persistent B+tree with per-subtree summaries underneath.
 //! - [`MemslotSet::diff`]: what changed between two versions, in O(k log n) for k changed slots,
 //!   since subtrees the versions share are skipped; [`replay`] drives a [`MemoryListener`] (a
@@ -115,6 +116,11 @@
 //! - `kvm-bindings`: `From` conversions between [`UserspaceMemoryRegion`] and kvm-bindings'
 //!   `kvm_userspace_memory_region`, for passing requests to `kvm-ioctls` (the `memslots-kvm`
 //!   crate of this workspace drives a KVM VM that way).
+//! - `baseline`: the `baseline` module, the array design KVM replaced in 2021, for differential
+//!   tests and comparisons; O(n) per update by design, not for production.
+//! - `invariants`: the invariant checkers, `MemslotSet::check_invariants` (with its
+//!   `SetViolation`) and the tree's `check_invariants`, `depth` and `node_count`, for tests and
+//!   fuzzing of this crate or of code built on it.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -122,6 +128,8 @@
 
 mod access;
 mod backing;
+#[cfg(feature = "baseline")]
+#[cfg_attr(docsrs, doc(cfg(feature = "baseline")))]
 pub mod baseline;
 mod change;
 mod diff;
@@ -157,7 +165,10 @@ pub use listener::{replay, MemoryListener};
 pub use log_mode::DirtyLogMode;
 pub use publish::Transaction;
 pub use reader::{GracePeriod, ReadFlavour, ReadGuard, Reader};
-pub use set::{GfnRange, HvaRange, Iter, MemslotSet, SetViolation};
+#[cfg(any(test, feature = "invariants"))]
+#[cfg_attr(docsrs, doc(cfg(feature = "invariants")))]
+pub use set::SetViolation;
+pub use set::{GfnRange, HvaRange, Iter, MemslotSet};
 pub use slot::{DirtyBitmap, HvaError, Memslot};
 pub use types::{
     ChangeKind, Gfn, Gpa, Hva, Limits, LimitsError, MemFlags, SlotId, UserspaceMemoryRegion,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use crate::change::SlotLookup;
 use crate::slot::Memslot;
 use crate::tree::{self, Summary, Tree, Visit, Visitor};
-use crate::types::{Gfn, Hva, Limits, SlotId};
+use crate::types::{Gfn, Hva, Limits};
 use crate::view::MemslotRead;
 
 /// Key of the hva tree: ordered by host start address, then slot id, since host ranges may
@@ -68,6 +68,8 @@ impl<B: 'static> Summary<HvaKey, Arc<Memslot<B>>> for MaxEnd {
     }
 }
 
+#[cfg(any(test, feature = "invariants"))]
+#[cfg_attr(docsrs, doc(cfg(feature = "invariants")))]
 /// A broken invariant of a [`MemslotSet`], found by [`MemslotSet::check_invariants`].
 ///
 /// | operation | cost |
@@ -98,7 +100,7 @@ pub enum SetViolation {
     #[error("slot {slot} filed under gfn {key:#x}")]
     Misfiled {
         /// The slot.
-        slot: SlotId,
+        slot: crate::types::SlotId,
         /// The key it is filed under.
         key: u64,
     },
@@ -106,13 +108,13 @@ pub enum SetViolation {
     #[error("slot {slot} overlaps its predecessor")]
     Overlap {
         /// The later slot.
-        slot: SlotId,
+        slot: crate::types::SlotId,
     },
     /// The trees do not hold the very same `Arc` of a slot.
     #[error("slot {slot} is not the same slot in every tree")]
     NotShared {
         /// The slot.
-        slot: SlotId,
+        slot: crate::types::SlotId,
     },
     /// The recorded page count differs from the slots' pages.
     #[error("total_pages {recorded} but the slots hold {counted}")]
@@ -369,6 +371,8 @@ impl<B: 'static> MemslotSet<B> {
     ///
     /// # Errors
     /// The first broken invariant, as a [`SetViolation`].
+    #[cfg(any(test, feature = "invariants"))]
+    #[cfg_attr(docsrs, doc(cfg(feature = "invariants")))]
     pub fn check_invariants(&self) -> Result<(), SetViolation> {
         let tree = |tree: &'static str| move |violation| SetViolation::Tree { tree, violation };
         self.by_gfn.check_invariants().map_err(tree("gfn"))?;

@@ -89,7 +89,7 @@ pub trait MemslotStore: Send + Sync {
 /// A type that one address space's versions are stored as, and so the type parameter of
 /// [`Reader`](crate::Reader), [`ReadGuard`](crate::ReadGuard), [`Transaction`](crate::Transaction) and
 /// [`Snapshot`](crate::Snapshot): [`MemslotSet<B>`](crate::MemslotSet) (the trees) or the
-/// baseline's [`ArraySet`](crate::baseline::ArraySet).
+/// baseline's `ArraySet` (feature `baseline`).
 ///
 /// Sealed: only this crate implements it, and what the update protocol asks of a version (build
 /// one, replace a slot, set its generation) stays the crate's; read a version through

@@ -496,6 +496,7 @@ impl<B: Send + Sync + 'static> MemslotStore for Memslots<B> {
 pub struct Snapshot<S = MemslotSet>(Arc<S>);
 
 impl<S> Snapshot<S> {
+    #[cfg(any(feature = "baseline", feature = "vm-memory"))]
     pub(crate) fn from_arc(version: Arc<S>) -> Self {
         Self(version)
     }

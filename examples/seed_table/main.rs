@@ -4,7 +4,7 @@
 //! [`memslots::Memslots`]) and, where it applies, on rust-vmm's `vm-memory` 0.18.
 //!
 //! ```text
-//! cargo run --release --example seed_table -- [--slots 10,509,32764] [--tests map,unmap,...]
+//! cargo run --release --features baseline --example seed_table -- [--slots 10,509,32764] [--tests map,unmap,...]
 //!     [--json FILE] [--plot FILE.svg] [--budget SECONDS] [--rounds N] [--malloc MODE] [--no-peer]
 //! ```
 //!

@@ -238,6 +238,7 @@ impl<K: Ord + Copy, V: Clone, S: Summary<K, V>, const B: usize> Tree<K, V, S, B>
     /// let t: Tree<u32, u32> = (0..1000).map(|i| (i, i)).collect();
     /// assert_eq!(t.check_invariants(), Ok(()));
     /// ```
+    #[cfg_attr(docsrs, doc(cfg(feature = "invariants")))]
     pub fn check_invariants(&self) -> Result<(), Violation> {
         let actual = match self.root.as_deref() {
             None => 0,

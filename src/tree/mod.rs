@@ -51,7 +51,7 @@
 //!
 //! The default `B = 16` keeps a node's `u64` keys in two cache lines, and an
 //! edit copies at most 16 entries per level. On the slot-lookup benchmark
-//! (`cargo bench --bench gfn_map`, 32764 slots, criterion medians) a packed
+//! (`cargo bench --features invariants --bench gfn_map`, 32764 slots, criterion medians) a packed
 //! `B = 16` tree answered `floor` in 23.8 ns against 32.2 ns for `B = 32` and
 //! 34.0 ns for `partition_point` on a sorted `Vec`; built by inserts, 49.8 ns
 //! against 45.7 ns for `B = 32`. A persistent insert plus remove cost 1.24 us
@@ -62,6 +62,7 @@ use std::fmt;
 use std::ops::RangeBounds;
 use std::sync::Arc;
 
+#[cfg(any(test, feature = "invariants"))]
 mod check;
 mod diff;
 mod iter;
@@ -69,6 +70,8 @@ mod node;
 #[cfg(test)]
 mod tests;
 
+#[cfg(any(test, feature = "invariants"))]
+#[cfg_attr(docsrs, doc(cfg(feature = "invariants")))]
 pub use check::Violation;
 pub use diff::{Diff, DiffItem};
 pub use iter::{Iter, Range, Search};
@@ -652,6 +655,8 @@ impl<K: Ord + Copy, V: Clone, S: Summary<K, V>, const B: usize> Tree<K, V, S, B>
     /// let t: Tree<u32, (), (), 4> = (0..4).map(|i| (i, ())).collect();
     /// assert_eq!(t.node_count(), 1);
     /// ```
+    #[cfg(any(test, feature = "invariants"))]
+    #[cfg_attr(docsrs, doc(cfg(feature = "invariants")))]
     pub fn node_count(&self) -> usize {
         self.root.as_deref().map_or(0, Node::count)
     }
@@ -665,6 +670,8 @@ impl<K: Ord + Copy, V: Clone, S: Summary<K, V>, const B: usize> Tree<K, V, S, B>
     /// let t: Tree<u32, (), (), 4> = (0..5).map(|i| (i, ())).collect();
     /// assert_eq!(t.depth(), 2);
     /// ```
+    #[cfg(any(test, feature = "invariants"))]
+    #[cfg_attr(docsrs, doc(cfg(feature = "invariants")))]
     pub fn depth(&self) -> usize {
         self.root.as_deref().map_or(0, Node::height)
     }

@@ -205,6 +205,7 @@ impl<K, V, S, const B: usize> Node<K, V, S, B> {
     }
 
     /// Nodes in the subtree.
+    #[cfg(any(test, feature = "invariants"))]
     pub(crate) fn count(&self) -> usize {
         match self {
             Node::Leaf(_) => 1,
