@@ -16,7 +16,9 @@ use std::thread;
 use std::time::Instant;
 
 use memslots::baseline::ArrayMemslots;
-use memslots::{Gfn, Limits, MemFlags, MemslotStore, Memslots, UserspaceMemoryRegion};
+use memslots::{
+    Gfn, Limits, MemFlags, MemslotStore, Memslots, Reader, UserspaceMemoryRegion, Version,
+};
 
 const PAGES: u64 = 512;
 const BASE_GFN: u64 = 0x10000;
@@ -32,35 +34,17 @@ fn region(id: u64, flags: MemFlags) -> UserspaceMemoryRegion {
     )
 }
 
-/// A design with a reader handle; `Reader<S>`'s bound is private, so a macro gives each design
-/// the same body.
-trait Design: MemslotStore + 'static {
-    type Handle: Send + 'static;
-    fn handle(&self) -> Self::Handle;
-    fn lookup(h: &Self::Handle, gfn: Gfn) -> Option<u64>;
+/// One lookup as a vCPU makes it: a read-side section, gfn -> slot through the last-used slot,
+/// slot -> hva.
+#[inline]
+fn lookup<S: Version>(reader: &Reader<S>, gfn: Gfn) -> Option<u64> {
+    let mut guard = reader.read();
+    let slot = guard.gfn_to_memslot(0, gfn)?;
+    slot.gfn_to_hva(gfn).map(|hva| hva.0)
 }
-
-macro_rules! design {
-    ($vm:ty, $version:ty) => {
-        impl Design for $vm {
-            type Handle = memslots::Reader<$version>;
-            fn handle(&self) -> Self::Handle {
-                self.reader()
-            }
-            #[inline]
-            fn lookup(h: &Self::Handle, gfn: Gfn) -> Option<u64> {
-                let mut guard = h.read();
-                let slot = guard.gfn_to_memslot(0, gfn)?;
-                slot.gfn_to_hva(gfn).map(|hva| hva.0)
-            }
-        }
-    };
-}
-design!(Memslots, memslots::MemslotSet);
-design!(ArrayMemslots, memslots::baseline::ArraySet);
 
 /// Times `lookups` single lookups of `gfns` (cycled) on a reader thread; returns sorted ns.
-fn reader_times<D: Design>(
+fn reader_times<D: MemslotStore + 'static>(
     vm: &Arc<D>,
     gfns: Arc<Vec<u64>>,
     lookups: usize,
@@ -86,7 +70,7 @@ fn reader_times<D: Design>(
             }
         })
     });
-    let handle = vm.handle();
+    let handle = vm.reader();
     let reader = thread::spawn(move || {
         let mut times = Vec::with_capacity(lookups);
         let mut i = 0;
@@ -95,7 +79,7 @@ fn reader_times<D: Design>(
                 let gfn = Gfn(gfns[i % gfns.len()]);
                 i += 1;
                 let start = Instant::now();
-                black_box(D::lookup(&handle, black_box(gfn)));
+                black_box(lookup(&handle, black_box(gfn)));
                 times.push(start.elapsed().as_nanos().min(u128::from(u32::MAX)) as u32);
             }
         }

@@ -25,8 +25,8 @@ use crate::reader::Reader;
 use crate::slot::Memslot;
 use crate::types::{ChangeKind, Gfn, Hva, Limits, UserspaceMemoryRegion};
 use crate::view::sealed::VersionOps;
-use crate::view::{MemslotRead, MemslotStore};
-use crate::vm::Snapshot;
+use crate::view::MemslotRead;
+use crate::vm::{MemslotStore, Snapshot};
 
 /// One address space's version in the array design.
 ///
@@ -210,7 +210,7 @@ impl MemslotRead for ArraySet {
 }
 
 /// A VM's memslots in the array design, with the same interface as
-/// [`Memslots`](crate::Memslots).
+/// [`Memslots`](crate::Memslots), through [`MemslotStore`].
 ///
 /// | operation | cost |
 /// |---|---|
@@ -219,7 +219,7 @@ impl MemslotRead for ArraySet {
 ///
 /// ```
 /// use memslots::baseline::ArrayMemslots;
-/// use memslots::{Gfn, Limits, MemFlags, MemslotRead, UserspaceMemoryRegion};
+/// use memslots::{Gfn, Limits, MemFlags, MemslotRead, MemslotStore, UserspaceMemoryRegion};
 /// let vm = ArrayMemslots::new(Limits::default());
 /// vm.set_user_memory_region(UserspaceMemoryRegion::new(3, MemFlags::empty(), 0x1000, 0x1000, 0))?;
 /// assert_eq!(vm.snapshot(0).find(Gfn(1)).map(|s| s.id()), Some(3));
@@ -238,50 +238,25 @@ impl ArrayMemslots {
             core: Core::new(limits, Some(std::sync::Arc::new(()))),
         }
     }
-
-    /// Applies one `KVM_SET_USER_MEMORY_REGION` request.
-    ///
-    /// # Errors
-    /// Exactly those of [`Memslots::set_user_memory_region`](crate::Memslots::set_user_memory_region).
-    pub fn set_user_memory_region(
-        &self,
-        region: UserspaceMemoryRegion,
-    ) -> Result<ChangeKind, Error> {
-        self.core.update(&region, Origin::User)
-    }
-
-    /// The current version of address space `as_id`.
-    ///
-    /// # Panics
-    /// If `as_id` is not below [`Limits::address_spaces`].
-    #[must_use]
-    pub fn snapshot(&self, as_id: u16) -> Snapshot<ArraySet> {
-        Snapshot::from_arc(self.core.snapshot(as_id))
-    }
-
-    /// A reader handle, as [`Memslots::reader`](crate::Memslots::reader).
-    #[must_use]
-    pub fn reader(&self) -> Reader<ArraySet> {
-        self.core.reader()
-    }
-
-    /// A grace period, as [`Memslots::synchronize`](crate::Memslots::synchronize).
-    pub fn synchronize(&self) {
-        self.core.synchronize();
-    }
 }
 
+/// The whole interface, the same as [`Memslots`](crate::Memslots)'s methods of these names.
 impl MemslotStore for ArrayMemslots {
     type Version = ArraySet;
-    type Snapshot = Snapshot<ArraySet>;
 
     fn limits(&self) -> &Limits {
         self.core.limits()
     }
     fn set_user_memory_region(&self, region: UserspaceMemoryRegion) -> Result<ChangeKind, Error> {
-        self.set_user_memory_region(region)
+        self.core.update(&region, Origin::User)
     }
     fn snapshot(&self, as_id: u16) -> Snapshot<ArraySet> {
-        self.snapshot(as_id)
+        Snapshot::from_arc(self.core.snapshot(as_id))
+    }
+    fn reader(&self) -> Reader<ArraySet> {
+        self.core.reader()
+    }
+    fn synchronize(&self) {
+        self.core.synchronize();
     }
 }

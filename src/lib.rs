@@ -174,8 +174,8 @@ pub use types::{
     ChangeKind, Gfn, Gpa, Hva, Limits, LimitsError, MemFlags, SlotId, UserspaceMemoryRegion,
     MAX_ADDRESS_SPACES,
 };
-pub use view::{MemslotRead, MemslotStore, Version};
-pub use vm::{Memslots, Snapshot};
+pub use view::{MemslotRead, Version};
+pub use vm::{MemslotStore, Memslots, Snapshot};
 
 /// Documentation with no type of its own to live on.
 pub mod docs {

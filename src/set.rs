@@ -482,6 +482,8 @@ impl<B: Send + Sync + 'static> crate::view::sealed::VersionOps for MemslotSet<B>
     }
 }
 
+/// The inherent methods of the same names: they are the API (no trait import needed), the trait
+/// lets tests and benchmarks be written once over both designs.
 impl<B: 'static> MemslotRead for MemslotSet<B> {
     type Backing = B;
 

@@ -1,13 +1,12 @@
-//! The read side and write side that both designs offer, so that tests and benchmarks are written
-//! once: the trees ([`MemslotSet`](crate::MemslotSet), [`Memslots`](crate::Memslots)) and the
-//! pre-2021 array ([`ArraySet`](crate::baseline::ArraySet),
-//! [`ArrayMemslots`](crate::baseline::ArrayMemslots)).
+//! What a version offers, in both designs: [`MemslotRead`], the read side that tests and
+//! benchmarks are written once against (the trees' [`MemslotSet`](crate::MemslotSet) and the
+//! baseline's `ArraySet`), and [`Version`], the sealed bound of the generic handles. The VM-level
+//! counterpart, `MemslotStore`, lives with [`Memslots`](crate::Memslots).
 
-use core::ops::{Deref, Range};
+use core::ops::Range;
 
-use crate::error::Error;
 use crate::slot::Memslot;
-use crate::types::{ChangeKind, Gfn, Hva, Limits, UserspaceMemoryRegion};
+use crate::types::{Gfn, Hva};
 
 /// One address space's memslot version, read-only.
 ///
@@ -61,29 +60,6 @@ pub trait MemslotRead {
         start: Hva,
         end: Hva,
     ) -> impl Iterator<Item = (&Memslot<Self::Backing>, Range<Gfn>)> + '_;
-}
-
-/// A VM's memslots with a writer: the `KVM_SET_USER_MEMORY_REGION` side.
-pub trait MemslotStore: Send + Sync {
-    /// One address space's version.
-    type Version: MemslotRead;
-    /// A long-lived handle on a version.
-    type Snapshot: Deref<Target = Self::Version> + Clone + Send + Sync;
-
-    /// The limits requests are checked against.
-    fn limits(&self) -> &Limits;
-
-    /// Applies one request, as the ioctl does.
-    ///
-    /// # Errors
-    /// The kernel's failure for the request, with every published version left as it was.
-    fn set_user_memory_region(&self, region: UserspaceMemoryRegion) -> Result<ChangeKind, Error>;
-
-    /// The current version of address space `as_id`.
-    ///
-    /// # Panics
-    /// If `as_id` is not below the limits' number of address spaces.
-    fn snapshot(&self, as_id: u16) -> Self::Snapshot;
 }
 
 /// A type that one address space's versions are stored as, and so the type parameter of

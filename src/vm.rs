@@ -12,7 +12,7 @@ use crate::publish::{Core, Transaction};
 use crate::reader::{GracePeriod, ReadFlavour, Reader};
 use crate::set::MemslotSet;
 use crate::types::{ChangeKind, Limits, UserspaceMemoryRegion};
-use crate::view::MemslotStore;
+use crate::view::Version;
 
 /// A VM's memory slots: per address space one published [`MemslotSet`], replaced as a whole by
 /// each update.
@@ -469,9 +469,38 @@ impl<B: Send + Sync + 'static> fmt::Debug for Memslots<B> {
     }
 }
 
+/// A VM's memslots with a writer and readers: what both designs' VM types offer, so that tests and
+/// benchmarks are written once over [`Memslots`](crate::Memslots) and the baseline's
+/// `ArrayMemslots` (feature `baseline`). [`Memslots`](crate::Memslots) has each of these as an
+/// inherent method too, so code using one design needs no trait import.
+pub trait MemslotStore: Send + Sync {
+    /// One address space's version.
+    type Version: Version;
+
+    /// The limits requests are checked against.
+    fn limits(&self) -> &Limits;
+
+    /// Applies one request, as the ioctl does.
+    ///
+    /// # Errors
+    /// The kernel's failure for the request, with every published version left as it was.
+    fn set_user_memory_region(&self, region: UserspaceMemoryRegion) -> Result<ChangeKind, Error>;
+
+    /// The current version of address space `as_id`.
+    ///
+    /// # Panics
+    /// If `as_id` is not below the limits' number of address spaces.
+    fn snapshot(&self, as_id: u16) -> Snapshot<Self::Version>;
+
+    /// A reader handle for one vCPU thread.
+    fn reader(&self) -> Reader<Self::Version>;
+
+    /// Waits until every read-side section open when it was called has ended.
+    fn synchronize(&self);
+}
+
 impl<B: Send + Sync + 'static> MemslotStore for Memslots<B> {
     type Version = MemslotSet<B>;
-    type Snapshot = Snapshot<MemslotSet<B>>;
 
     fn limits(&self) -> &Limits {
         self.limits()
@@ -481,6 +510,12 @@ impl<B: Send + Sync + 'static> MemslotStore for Memslots<B> {
     }
     fn snapshot(&self, as_id: u16) -> Snapshot<MemslotSet<B>> {
         self.snapshot(as_id)
+    }
+    fn reader(&self) -> Reader<MemslotSet<B>> {
+        self.reader()
+    }
+    fn synchronize(&self) {
+        self.synchronize();
     }
 }
 

@@ -1,7 +1,9 @@
 //! The memory layouts of the kernel's `memslot_perf_test.c`, and the designs under test.
 
 use memslots::baseline::ArrayMemslots;
-use memslots::{Gfn, Hva, Limits, MemFlags, MemslotStore, Memslots, UserspaceMemoryRegion};
+use memslots::{
+    Gfn, Hva, Limits, MemFlags, MemslotStore, Memslots, Reader, UserspaceMemoryRegion, Version,
+};
 
 pub(crate) const PAGE: u64 = 4096;
 /// Where the test area starts in the guest: the 4 KiB version's `MEM_GPA`.
@@ -104,40 +106,31 @@ pub(crate) fn shuffle<T>(v: &mut [T], seed: u64) {
     }
 }
 
-/// What the tests need of a design beyond [`MemslotStore`]: a vCPU's reader handle and a fault
-/// taken through it. `Reader<S>` is generic over the version, but its bound is private to the
-/// crate, so each design gets the same body from a macro.
+/// What the tests need of a design beyond [`MemslotStore`]: an empty VM to build on.
 pub(crate) trait Design: MemslotStore + Sized + 'static {
-    type Handle: Send + 'static;
     fn empty() -> Self;
-    fn handle(&self) -> Self::Handle;
-    /// One guest access as the fault path takes it: a read-side section, gfn -> slot through the
-    /// per-vCPU last-used slot, slot -> hva, and, when `dirty`, the page marked dirty.
-    fn fault(h: &Self::Handle, gfn: Gfn, dirty: bool) -> Option<Hva>;
 }
 
-macro_rules! design {
-    ($vm:ty, $version:ty) => {
-        impl Design for $vm {
-            type Handle = memslots::Reader<$version>;
-            fn empty() -> Self {
-                <$vm>::new(Limits::default())
-            }
-            fn handle(&self) -> Self::Handle {
-                self.reader()
-            }
-            #[inline]
-            fn fault(h: &Self::Handle, gfn: Gfn, dirty: bool) -> Option<Hva> {
-                let mut guard = h.read();
-                let hva = guard.gfn_to_memslot(0, gfn).and_then(|s| s.gfn_to_hva(gfn));
-                if dirty {
-                    guard.mark_page_dirty(0, gfn);
-                }
-                hva
-            }
-        }
-    };
+impl Design for ArrayMemslots {
+    fn empty() -> Self {
+        ArrayMemslots::new(Limits::default())
+    }
 }
 
-design!(ArrayMemslots, memslots::baseline::ArraySet);
-design!(Memslots, memslots::MemslotSet);
+impl Design for Memslots {
+    fn empty() -> Self {
+        Memslots::new(Limits::default())
+    }
+}
+
+/// One guest access as the fault path takes it: a read-side section, gfn -> slot through the
+/// per-vCPU last-used slot, slot -> hva, and, when `dirty`, the page marked dirty.
+#[inline]
+pub(crate) fn fault<S: Version>(reader: &Reader<S>, gfn: Gfn, dirty: bool) -> Option<Hva> {
+    let mut guard = reader.read();
+    let hva = guard.gfn_to_memslot(0, gfn).and_then(|s| s.gfn_to_hva(gfn));
+    if dirty {
+        guard.mark_page_dirty(0, gfn);
+    }
+    hva
+}

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use memslots::{Gfn, Hva, MemslotRead, UserspaceMemoryRegion};
 
-use crate::layout::{Design, Layout, HOST_BASE, MEM_GPA, PAGE};
+use crate::layout::{fault, Design, Layout, HOST_BASE, MEM_GPA, PAGE};
 
 /// How long one measurement (one test, one design, one slot count) may run.
 #[derive(Debug, Clone, Copy)]
@@ -149,9 +149,9 @@ pub(crate) fn interleaved<const N: usize>(
 /// Map: every page of the area, in gfn order, one fault each (section, cached gfn -> slot, hva,
 /// dirty bit). The slots log dirty pages.
 pub(crate) fn map<D: Design>(vm: &D, layout: &Layout, budget: &Budget) -> Vec<f64> {
-    let handle = vm.handle();
+    let handle = vm.reader();
     map_pass(layout, budget, |gfn| {
-        D::fault(&handle, Gfn(gfn), true).is_some()
+        fault(&handle, Gfn(gfn), true).is_some()
     })
 }
 
@@ -244,12 +244,12 @@ pub(crate) fn moves<D: Design>(vm: &D, layout: &Layout, active: bool, budget: &B
     let stop = Arc::new(AtomicBool::new(false));
     let faults = Arc::new(AtomicU64::new(0));
     let vcpu = {
-        let handle = vm.handle();
+        let handle = vm.reader();
         let (stop, faults) = (Arc::clone(&stop), Arc::clone(&faults));
         thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
                 for &gfn in &window {
-                    black_box(D::fault(&handle, Gfn(gfn), false));
+                    black_box(fault(&handle, Gfn(gfn), false));
                 }
                 faults.fetch_add(window.len() as u64, Ordering::Relaxed);
             }

@@ -26,8 +26,8 @@ use std::collections::BTreeMap;
 
 use memslots::baseline::ArrayMemslots;
 use memslots::{
-    replay, ChangeKind, Diff, Gfn, Hva, Layout, Memslot, MemslotRead, MemslotSet, Memslots,
-    Snapshot, Transaction, UserspaceMemoryRegion,
+    replay, ChangeKind, Diff, Gfn, Hva, Layout, Memslot, MemslotRead, MemslotSet, MemslotStore,
+    Memslots, Snapshot, Transaction, UserspaceMemoryRegion,
 };
 
 #[path = "mirror.rs"]
@@ -305,7 +305,7 @@ fn naive_diff<'a>(old: &'a MemslotSet, new: &'a MemslotSet) -> Vec<Diff<'a>> {
 
 /// The layout of the array baseline, listed as [`Memslots::layout`] lists it.
 pub(crate) fn array_layout(vm: &ArrayMemslots) -> Layout {
-    let spaces = memslots::MemslotStore::limits(vm).address_spaces();
+    let spaces = vm.limits().address_spaces();
     Layout {
         regions: (0..spaces)
             .flat_map(|a| {
