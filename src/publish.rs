@@ -145,7 +145,10 @@ impl<S: Version> Core<S> {
             .collect();
         Self {
             limits,
-            published: Arc::new(Published::new(Root { spaces, version: 0 })),
+            published: Arc::new(Published::new(Root {
+                spaces,
+                publication: 0,
+            })),
             writer: Mutex::new(WriterState::default()),
             total_pages: crate::sync::AtomicU64::new(0),
             hooks,
@@ -295,9 +298,12 @@ impl<S: Version> Core<S> {
     }
 
     /// Publishes a root; `reclaim_now` as in `Published::publish`.
-    fn publish(&self, spaces: Spaces<Arc<S>>, version: u64, reclaim_now: bool) {
-        self.published
-            .publish(Root { spaces, version }, reclaim_now);
+    fn publish(&self, spaces: Spaces<Arc<S>>, publication: u64, reclaim_now: bool) {
+        let root = Root {
+            spaces,
+            publication,
+        };
+        self.published.publish(root, reclaim_now);
     }
 }
 
@@ -533,10 +539,10 @@ impl<S: Version> Transaction<'_, S> {
             return Ok(core.published.no_grace_period());
         }
         let step = u64::from(core.limits.address_spaces());
-        let mut version = base.version;
+        let mut publication = base.publication;
         let mut publish = |spaces, reclaim_now| {
-            version += 1;
-            core.publish(spaces, version, reclaim_now);
+            publication += 1;
+            core.publish(spaces, publication, reclaim_now);
         };
 
         // Published slots that go away or move become INVALID first.

@@ -26,8 +26,9 @@ use arrayvec::ArrayVec;
 #[derive(Debug)]
 pub(crate) struct Root<S> {
     pub(crate) spaces: Spaces<Arc<S>>,
-    /// Counts publications; readers compare it with their cached root's.
-    pub(crate) version: u64,
+    /// Which publication this root is (they are numbered from 0); readers compare the
+    /// published counter with their cached root's.
+    pub(crate) publication: u64,
 }
 
 /// One value per address space, inline: [`Limits`] allows at most
@@ -35,14 +36,15 @@ pub(crate) struct Root<S> {
 /// allocation for a list of two.
 pub(crate) type Spaces<T> = ArrayVec<T, { crate::types::MAX_ADDRESS_SPACES }>;
 
-/// What readers share with the writer: the root, its version, and the registry.
+/// What readers share with the writer: the root, the publication counter, and the registry.
 pub(crate) struct Published<S> {
     root: RootCell<Root<S>>,
-    version: AtomicU64,
+    /// The current root's `publication`, stored after the root.
+    publication: AtomicU64,
     readers: Mutex<Registry>,
     /// Replaced roots that readers may still hold (writer only).
     retired: Mutex<Vec<Arc<Root<S>>>>,
-    /// What a quiesced reader holds instead of a version: no slot, and a version number no
+    /// What a quiesced reader holds instead of a version: no slot, and a publication number no
     /// publication reaches, so its next section loads the current root.
     idle_root: Arc<Root<S>>,
     /// The flavour [`Reader`]s get unless they ask: chosen once, when the VM is created.
@@ -228,15 +230,15 @@ impl fmt::Debug for GracePeriod {
 
 impl<S> Published<S> {
     pub(crate) fn new(root: Root<S>) -> Self {
-        let version = root.version;
+        let publication = root.publication;
         Self {
             root: RootCell::new(Arc::new(root)),
-            version: AtomicU64::new(version),
+            publication: AtomicU64::new(publication),
             readers: Mutex::new(Registry::default()),
             retired: Mutex::new(Vec::new()),
             idle_root: Arc::new(Root {
                 spaces: crate::reader::Spaces::new(),
-                version: u64::MAX,
+                publication: u64::MAX,
             }),
             default_flavour: ReadFlavour::best(),
             #[cfg(loom)]
@@ -255,7 +257,7 @@ impl<S> Published<S> {
         self.root.load()
     }
 
-    /// Publishes `root`; readers entering from now on see it (or a later one). Its `version`
+    /// Publishes `root`; readers entering from now on see it (or a later one). Its `publication`
     /// must be greater than the current one. Only the writer calls this.
     ///
     /// With `reclaim_now`, the roots no reader holds any more are freed here; without it (the
@@ -264,9 +266,9 @@ impl<S> Published<S> {
     /// waiting, so that freeing a deleted slot's backing (an `munmap`, milliseconds for a large
     /// one) happens when the caller polls, not inside the update.
     pub(crate) fn publish(&self, root: Root<S>, reclaim_now: bool) {
-        let version = root.version;
+        let publication = root.publication;
         let old = self.root.swap(Arc::new(root));
-        self.version.store(version, Ordering::Release);
+        self.publication.store(publication, Ordering::Release);
         self.retire(old, reclaim_now);
     }
 
@@ -354,7 +356,7 @@ impl<S> Published<S> {
         fence(Ordering::SeqCst);
     }
 
-    /// The barrier between a section's entry store and its version load.
+    /// The barrier between a section's entry store and its counter load.
     #[inline]
     fn entry_barrier(&self, flavour: ReadFlavour) {
         match flavour {
@@ -389,7 +391,7 @@ impl<S> Published<S> {
 impl<S> fmt::Debug for Published<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Published")
-            .field("version", &self.version.load(Ordering::Relaxed))
+            .field("publication", &self.publication.load(Ordering::Relaxed))
             .field("readers", &lock(&self.readers).entries.len())
             .finish()
     }
@@ -495,8 +497,8 @@ impl<S: Version> Reader<S> {
         let seq = self.entry.seq.load(Ordering::Relaxed) + 1;
         self.entry.seq.store(seq, Ordering::Relaxed);
         self.published.entry_barrier(self.flavour);
-        let version = self.published.version.load(Ordering::Acquire);
-        if version != cache.root.version {
+        let publication = self.published.publication.load(Ordering::Acquire);
+        if publication != cache.root.publication {
             cache.root = self.published.root();
             cache.last_used = None;
         }
@@ -713,8 +715,8 @@ impl<S: Version> Drop for ReadGuard<'_, S> {
         self.reader.entry.seq.store(self.seq + 1, Ordering::Release);
         // A publication came while this section was open: take the new root now rather than at
         // the next entry, so that a reader going idle does not keep the old version alive. This
-        // is outside the section; the next entry checks the version as always.
-        if published.version.load(Ordering::Relaxed) != self.cache.root.version {
+        // is outside the section; the next entry checks the counter as always.
+        if published.publication.load(Ordering::Relaxed) != self.cache.root.publication {
             Self::reload(published, &mut self.cache);
         }
     }
@@ -723,7 +725,7 @@ impl<S: Version> Drop for ReadGuard<'_, S> {
 impl<S: Version> fmt::Debug for ReadGuard<'_, S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ReadGuard")
-            .field("version", &self.cache.root.version)
+            .field("publication", &self.cache.root.publication)
             .finish_non_exhaustive()
     }
 }

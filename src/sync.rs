@@ -1,6 +1,6 @@
 //! The one place that picks `std` or `loom` synchronization primitives.
 //!
-//! Everything that takes part in publication and grace periods (the root, the version counter,
+//! Everything that takes part in publication and grace periods (the root, the publication counter,
 //! the reader registry, the writer lock) imports its primitives from here, so that
 //! `RUSTFLAGS="--cfg loom"` model-checks the very code that runs. The dirty bitmaps and the
 //! baseline's `lru_slot` are plain data updated with independent atomics, outside the protocol, and
@@ -19,7 +19,7 @@ pub(crate) use loom::sync::atomic::{fence, AtomicU64, Ordering};
 pub(crate) use loom::sync::{Mutex, MutexGuard};
 
 /// The reader's half of the asymmetric barrier (the membarrier flavour): no instruction, only a
-/// stop for the compiler, which may then not move the section's entry store past its version load.
+/// stop for the compiler, which may then not move the section's entry store past its counter load.
 /// The hardware half is the writer's [`membarrier`]; the argument is in `docs/protocol.md`.
 #[inline]
 pub(crate) fn compiler_barrier() {
@@ -94,7 +94,7 @@ pub(crate) fn backoff(round: u32) {
 }
 
 /// The atomically replaceable root: `arc-swap` normally (lock-free loads), a mutex under loom
-/// (arc-swap is not instrumented for loom). Readers load it only when the version counter says it
+/// (arc-swap is not instrumented for loom). Readers load it only when the publication counter says it
 /// changed, so its cost is off the read-side fast path either way.
 #[derive(Debug)]
 pub(crate) struct RootCell<T> {
