@@ -48,9 +48,7 @@ const QUEUE_STRIDE: u64 = 0x8000;
 fn shuffled(n: usize) -> Vec<usize> {
     let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
     let mut v: Vec<usize> = (0..n).collect();
-    for i in (1..n).rev() {
-        v.swap(i, rng.below(i as u64 + 1) as usize);
-    }
+    rng.shuffle(&mut v);
     v
 }
 

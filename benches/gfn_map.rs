@@ -7,6 +7,10 @@ use std::sync::Arc;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use memslots::tree::Tree;
 
+#[path = "../tests/support/rng.rs"]
+mod rng;
+use rng::XorShift;
+
 const P: u64 = 512;
 const SIZES: [usize; 3] = [10, 509, 32764];
 /// Precomputed random gfns, cycled through so the RNG is not measured.
@@ -25,16 +29,6 @@ impl Slot {
     }
 }
 
-fn xorshift(seed: u64) -> impl FnMut() -> u64 {
-    let mut x = seed;
-    move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    }
-}
-
 fn slots(n: usize) -> Vec<(u64, Arc<Slot>)> {
     (0..n as u64)
         .map(|i| {
@@ -50,8 +44,8 @@ fn slots(n: usize) -> Vec<(u64, Arc<Slot>)> {
 }
 
 fn gfns(n: usize) -> Vec<u64> {
-    let mut rng = xorshift(0x2545_f491_4f6c_dd1d);
-    (0..SAMPLES).map(|_| rng() % (n as u64 * P)).collect()
+    let mut rng = XorShift(0x2545_f491_4f6c_dd1d);
+    (0..SAMPLES).map(|_| rng.below(n as u64 * P)).collect()
 }
 
 /// Runs `f` on the next sample each iteration.
@@ -65,10 +59,7 @@ fn cycle<R>(b: &mut criterion::Bencher<'_>, gfns: &[u64], mut f: impl FnMut(u64)
 
 fn shuffled_tree<const B: usize>(entries: &[(u64, Arc<Slot>)]) -> Tree<u64, Arc<Slot>, (), B> {
     let mut order: Vec<usize> = (0..entries.len()).collect();
-    let mut rng = xorshift(7);
-    for i in (1..order.len()).rev() {
-        order.swap(i, (rng() % (i as u64 + 1)) as usize);
-    }
+    XorShift(7).shuffle(&mut order);
     let mut t = Tree::new();
     for i in order {
         t.insert(entries[i].0, entries[i].1.clone());

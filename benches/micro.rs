@@ -22,6 +22,10 @@ use vm_memory::{
     GuestRegionCollection, GuestUsize,
 };
 
+#[path = "../tests/support/rng.rs"]
+mod rng;
+use rng::XorShift;
+
 const SIZES: [usize; 4] = [10, 509, 4096, 32764];
 const PAGES: u64 = 512;
 const BASE_GFN: u64 = 0x10000;
@@ -123,14 +127,9 @@ fn vm_memory(n: usize) -> GuestRegionCollection<PeerRegion> {
 }
 
 fn random_gfns(n: usize) -> Vec<u64> {
-    let mut x = 0x2545_f491_4f6c_dd1d_u64;
+    let mut rng = XorShift(0x2545_f491_4f6c_dd1d);
     (0..SAMPLES)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            BASE_GFN + x % (n as u64 * PAGES)
-        })
+        .map(|_| BASE_GFN + rng.below(n as u64 * PAGES))
         .collect()
 }
 

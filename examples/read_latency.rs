@@ -20,6 +20,10 @@ use memslots::{
     Gfn, Limits, MemFlags, MemslotStore, Memslots, Reader, UserspaceMemoryRegion, Version,
 };
 
+#[path = "../tests/support/rng.rs"]
+mod rng;
+use rng::XorShift;
+
 const PAGES: u64 = 512;
 const BASE_GFN: u64 = 0x10000;
 const BATCH: usize = 4096;
@@ -128,14 +132,9 @@ fn main() {
             .set_user_memory_region(region(id, MemFlags::empty()))
             .expect("valid");
     }
-    let mut x = 0x2545_f491_4f6c_dd1d_u64;
+    let mut rng = XorShift(0x2545_f491_4f6c_dd1d);
     let random: Vec<u64> = (0..1 << 16)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            BASE_GFN + PAGES + x % ((slots - 1) * PAGES)
-        })
+        .map(|_| BASE_GFN + PAGES + rng.below((slots - 1) * PAGES))
         .collect();
     let same_slot: Vec<u64> = (0..PAGES).map(|p| BASE_GFN + PAGES + p).collect();
     let (random, same_slot) = (Arc::new(random), Arc::new(same_slot));

@@ -22,6 +22,10 @@ use memslots::{
     ReadFlavour, Reader, UserspaceMemoryRegion,
 };
 
+#[path = "../tests/support/rng.rs"]
+mod rng;
+use rng::XorShift;
+
 const PAGE: u64 = 4096;
 /// Boot RAM: 256 MiB at guest physical 0, logging dirty pages (as during live migration).
 const RAM_PAGES: u64 = 65536;
@@ -239,16 +243,14 @@ fn run_vcpu(
     running: &AtomicUsize,
 ) -> VcpuStats {
     let mut stats = VcpuStats::default();
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut rng = XorShift(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
     // Each vCPU owns a 1024-page stretch of RAM, so it can check what it reads back.
     let own = seed % 64 * 1024 * PAGE;
     let mut started = false;
     while !stop.load(Ordering::Relaxed) {
         let mut section = reader.read();
         for _ in 0..64 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
+            let x = rng.next_u64();
             stats.accesses += 1;
             if x % 8 == 0 {
                 let span = u64::from(DIMMS + 2) * DIMM_PAGES * 2;

@@ -1,5 +1,6 @@
 //! The memory layouts of the kernel's `memslot_perf_test.c`, and the designs under test.
 
+use crate::rng::XorShift;
 use memslots::baseline::ArrayMemslots;
 use memslots::{
     Gfn, Hva, Limits, MemFlags, MemslotStore, Memslots, Reader, UserspaceMemoryRegion, Version,
@@ -50,7 +51,7 @@ impl Layout {
             }
         };
         let mut hva_order: Vec<u64> = (0..test_slots).collect();
-        shuffle(&mut hva_order, 0x9e37_79b9_7f4a_7c15);
+        XorShift(0x9e37_79b9_7f4a_7c15).shuffle(&mut hva_order);
         let mut hva = vec![0; test_slots as usize];
         let mut next = HOST_BASE;
         let mut by_hva = Vec::with_capacity(test_slots as usize);
@@ -92,17 +93,6 @@ impl Layout {
         for r in &self.regions {
             vm.set_user_memory_region(*r).expect("valid layout");
         }
-    }
-}
-
-/// Fisher-Yates with xorshift: the same permutation on every run and machine.
-pub(crate) fn shuffle<T>(v: &mut [T], seed: u64) {
-    let mut x = seed;
-    for i in (1..v.len()).rev() {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.swap(i, (x % (i as u64 + 1)) as usize);
     }
 }
 

@@ -18,6 +18,8 @@ mod layout;
 mod malloc;
 mod peer;
 mod plot;
+#[path = "../../tests/support/rng.rs"]
+mod rng;
 mod tests;
 
 use std::collections::BTreeMap;

@@ -1,5 +1,5 @@
-//! The tests' one pseudo-random generator (xorshift64), so that a run draws the same numbers on
-//! every machine and every time.
+//! The one pseudo-random generator (xorshift64) of the tests, benches and examples, so that a run
+//! draws the same numbers on every machine and every time.
 
 // Each test file that includes this uses what it needs of it.
 #![allow(dead_code)]
@@ -19,5 +19,12 @@ impl XorShift {
     /// The next number modulo `n`.
     pub(crate) fn below(&mut self, n: u64) -> u64 {
         self.next_u64() % n
+    }
+
+    /// Shuffles `v` (Fisher-Yates): the same permutation for the same seed on every machine.
+    pub(crate) fn shuffle<T>(&mut self, v: &mut [T]) {
+        for i in (1..v.len()).rev() {
+            v.swap(i, self.below(i as u64 + 1) as usize);
+        }
     }
 }
