@@ -14,9 +14,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use memslots::baseline::ArrayMemslots;
-use memslots::{
-    Gfn, Limits, MemFlags, MemslotRead, MemslotStore, Memslots, ReadFlavour, UserspaceMemoryRegion,
-};
+use memslots::{Gfn, Limits, MemFlags, MemslotRead, Memslots, ReadFlavour, UserspaceMemoryRegion};
 use vm_memory::{
     GuestAddress, GuestMemoryBackend, GuestMemoryRegion, GuestMemoryRegionBytes,
     GuestRegionCollection, GuestUsize,

@@ -9,7 +9,7 @@ use std::hint::black_box;
 
 use memslots::baseline::ArrayMemslots;
 use memslots::{DirtyBitmap, UserspaceMemoryRegion};
-use memslots::{Gfn, GuestRam, Hva, Limits, MemFlags, MemslotStore, Memslots};
+use memslots::{Gfn, GuestRam, Hva, Limits, MemFlags, Memslots, Version, Vm};
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 
 #[global_allocator]
@@ -37,7 +37,7 @@ fn region(id: u64, n: u64) -> UserspaceMemoryRegion {
 }
 
 /// Empty VM bytes, bytes per slot after `n` single updates, bytes kept by one old version.
-fn measure<S: MemslotStore>(new: impl Fn() -> S, n: u64) -> (i64, f64, i64) {
+fn measure<S: Version>(new: impl Fn() -> Vm<S>, n: u64) -> (i64, f64, i64) {
     let region0 = Region::new(GLOBAL);
     let vm = new();
     let empty = live(&region0);

@@ -16,9 +16,7 @@ use std::thread;
 use std::time::Instant;
 
 use memslots::baseline::ArrayMemslots;
-use memslots::{
-    Gfn, Limits, MemFlags, MemslotStore, Memslots, Reader, UserspaceMemoryRegion, Version,
-};
+use memslots::{Gfn, Limits, MemFlags, Memslots, Reader, UserspaceMemoryRegion, Version, Vm};
 
 #[path = "../tests/support/rng.rs"]
 mod rng;
@@ -48,8 +46,8 @@ fn lookup<S: Version>(reader: &Reader<S>, gfn: Gfn) -> Option<u64> {
 }
 
 /// Times `lookups` single lookups of `gfns` (cycled) on a reader thread; returns sorted ns.
-fn reader_times<D: MemslotStore + 'static>(
-    vm: &Arc<D>,
+fn reader_times<S: Version>(
+    vm: &Vm<S>,
     gfns: Arc<Vec<u64>>,
     lookups: usize,
     writer: bool,
@@ -57,7 +55,7 @@ fn reader_times<D: MemslotStore + 'static>(
     let stop = Arc::new(AtomicBool::new(false));
     let publishes = Arc::new(AtomicU64::new(0));
     let writer = writer.then(|| {
-        let (vm, stop, publishes) = (Arc::clone(vm), Arc::clone(&stop), Arc::clone(&publishes));
+        let (vm, stop, publishes) = (vm.clone(), Arc::clone(&stop), Arc::clone(&publishes));
         // Slot 0 is never looked up: the reader's gfns start in slot 1.
         thread::spawn(move || {
             let mut on = false;

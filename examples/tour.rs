@@ -8,7 +8,7 @@
 use std::time::Instant;
 
 use memslots::{
-    ChangeKind, Gfn, Hva, Limits, MemFlags, MemslotStore, Memslots, UserspaceMemoryRegion,
+    ChangeKind, Gfn, Hva, Limits, MemFlags, Memslots, UserspaceMemoryRegion, Version, Vm,
 };
 
 const MIB: u64 = 1 << 20;
@@ -127,7 +127,7 @@ fn main() -> Result<(), memslots::Error> {
 }
 
 /// Creates `n` one-page slots from empty; returns the seconds it took.
-fn time_setup(vm: &impl MemslotStore, n: u16) -> f64 {
+fn time_setup<S: Version>(vm: &Vm<S>, n: u16) -> f64 {
     let start = Instant::now();
     for id in 0..n {
         let region = UserspaceMemoryRegion::new(

@@ -18,15 +18,13 @@ use core::fmt;
 use core::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::change::{Origin, SlotLookup};
-use crate::error::Error;
+use crate::change::SlotLookup;
 use crate::publish::Core;
-use crate::reader::Reader;
 use crate::slot::Memslot;
-use crate::types::{ChangeKind, Gfn, Hva, Limits, UserspaceMemoryRegion};
+use crate::types::{Gfn, Hva, Limits};
 use crate::view::sealed::VersionOps;
 use crate::view::MemslotRead;
-use crate::vm::{MemslotStore, Snapshot};
+use crate::vm::Vm;
 
 /// One address space's version in the array design.
 ///
@@ -209,54 +207,30 @@ impl MemslotRead for ArraySet {
     }
 }
 
-/// A VM's memslots in the array design, with the same interface as
-/// [`Memslots`](crate::Memslots), through [`MemslotStore`].
+/// A VM's memslots in the array design: [`Vm`] over [`ArraySet`], with the same methods as
+/// [`Memslots`](crate::Memslots) and the same update protocol.
 ///
 /// | operation | cost |
 /// |---|---|
-/// | [`set_user_memory_region`](Self::set_user_memory_region) | O(n + max slots) per published version |
-/// | [`snapshot`](Self::snapshot) | O(1) |
+/// | [`set_user_memory_region`](Vm::set_user_memory_region) | O(n + max slots) per published version |
+/// | [`snapshot`](Vm::snapshot) | O(1) |
 ///
 /// ```
 /// use memslots::baseline::ArrayMemslots;
-/// use memslots::{Gfn, Limits, MemFlags, MemslotRead, MemslotStore, UserspaceMemoryRegion};
+/// use memslots::{Gfn, Limits, MemFlags, MemslotRead, UserspaceMemoryRegion};
 /// let vm = ArrayMemslots::new(Limits::default());
 /// vm.set_user_memory_region(UserspaceMemoryRegion::new(3, MemFlags::empty(), 0x1000, 0x1000, 0))?;
 /// assert_eq!(vm.snapshot(0).find(Gfn(1)).map(|s| s.id()), Some(3));
 /// # Ok::<(), memslots::Error>(())
 /// ```
-#[derive(Debug)]
-pub struct ArrayMemslots {
-    core: Core<ArraySet>,
-}
+pub type ArrayMemslots = Vm<ArraySet>;
 
 impl ArrayMemslots {
     /// An empty VM.
+    ///
+    /// Time: O(address spaces × max slots): each empty version has its `id_to_index`.
     #[must_use]
     pub fn new(limits: Limits) -> Self {
-        Self {
-            core: Core::new(limits, Some(std::sync::Arc::new(()))),
-        }
-    }
-}
-
-/// The whole interface, the same as [`Memslots`](crate::Memslots)'s methods of these names.
-impl MemslotStore for ArrayMemslots {
-    type Version = ArraySet;
-
-    fn limits(&self) -> &Limits {
-        self.core.limits()
-    }
-    fn set_user_memory_region(&self, region: UserspaceMemoryRegion) -> Result<ChangeKind, Error> {
-        self.core.update(&region, Origin::User)
-    }
-    fn snapshot(&self, as_id: u16) -> Snapshot<ArraySet> {
-        Snapshot::from_arc(self.core.snapshot(as_id))
-    }
-    fn reader(&self) -> Reader<ArraySet> {
-        self.core.reader()
-    }
-    fn synchronize(&self) {
-        self.core.synchronize();
+        Vm::from_core(Core::new(limits, Some(std::sync::Arc::new(()))))
     }
 }

@@ -23,9 +23,10 @@
 //! - [`Transaction`]: several requests published as one version, all or nothing; [`ArchHooks`]:
 //!   the `kvm_arch_*` calls (`prepare`, `commit`, `flush_shadow`); dirty logging through
 //!   [`Reader::mark_page_dirty`], [`Memslots::get_dirty_log`] and [`Memslots::clear_dirty_log`].
-//! - `baseline` (with the `baseline` feature): the array design the kernel replaced, behind the
-//!   same traits ([`MemslotRead`], [`MemslotStore`]): the oracle for tests and the "Before" of the
-//!   benchmarks.
+//! - [`Vm<S>`](Vm): the VM generic over how a version is stored; [`Memslots<B>`](Memslots) is
+//!   `Vm<MemslotSet<B>>`, and `baseline::ArrayMemslots` (with the `baseline` feature) is the
+//!   array design the kernel replaced, run through the same code: the oracle for tests and the
+//!   "Before" of the benchmarks. [`MemslotRead`] reads a version of either design.
 //! - [`tree`]: the persistent B+tree with per-subtree summaries underneath.
 //! - [`MemslotSet::diff`]: what changed between two versions, in O(k log n) for k changed slots,
 //!   since subtrees the versions share are skipped; [`replay`] drives a [`MemoryListener`] (a
@@ -175,7 +176,7 @@ pub use types::{
     MAX_ADDRESS_SPACES,
 };
 pub use view::{MemslotRead, Version};
-pub use vm::{MemslotStore, Memslots, Snapshot};
+pub use vm::{Memslots, Snapshot, Vm};
 
 /// Documentation with no type of its own to live on.
 pub mod docs {

@@ -1,7 +1,7 @@
 //! What a version offers, in both designs: [`MemslotRead`], the read side that tests and
 //! benchmarks are written once against (the trees' [`MemslotSet`](crate::MemslotSet) and the
-//! baseline's `ArraySet`), and [`Version`], the sealed bound of the generic handles. The VM-level
-//! counterpart, `MemslotStore`, lives with [`Memslots`](crate::Memslots).
+//! baseline's `ArraySet`), and [`Version`], the sealed bound of the generic handles
+//! ([`Vm`](crate::Vm), readers, transactions, snapshots).
 
 use core::ops::Range;
 
@@ -63,13 +63,17 @@ pub trait MemslotRead {
 }
 
 /// A type that one address space's versions are stored as, and so the type parameter of
-/// [`Reader`](crate::Reader), [`ReadGuard`](crate::ReadGuard), [`Transaction`](crate::Transaction) and
-/// [`Snapshot`](crate::Snapshot): [`MemslotSet<B>`](crate::MemslotSet) (the trees) or the
-/// baseline's `ArraySet` (feature `baseline`).
+/// [`Vm`](crate::Vm), [`Reader`](crate::Reader), [`ReadGuard`](crate::ReadGuard),
+/// [`Transaction`](crate::Transaction) and [`Snapshot`](crate::Snapshot):
+/// [`MemslotSet<B>`](crate::MemslotSet) (the trees) or the baseline's `ArraySet` (feature
+/// `baseline`). Code written once for both is generic over `S: Version`, and reads a version
+/// through [`MemslotRead`], a supertrait.
 ///
-/// Sealed: only this crate implements it, and what the update protocol asks of a version (build
-/// one, replace a slot, set its generation) stays the crate's; read a version through
-/// [`MemslotRead`] and its inherent methods.
+/// Sealed: only this crate implements it. What the update protocol asks of a version (build one,
+/// replace a slot, set its generation) sits in a supertrait that cannot be named outside the
+/// crate; a `Version` bound makes those methods callable, but they are not API (hidden from the
+/// docs, free to change) and only ever act on a version the caller owns, never on a published
+/// one, which is shared behind an `Arc`.
 ///
 /// | operation | cost |
 /// |---|---|
@@ -87,7 +91,7 @@ pub(crate) mod sealed {
     use crate::types::{Gfn, Limits};
 
     /// What the protocol needs of a version type. Sealed: reachable through [`Version`], never
-    /// nameable outside the crate, so nobody else can implement it or call its methods.
+    /// nameable outside the crate, so nobody else can implement it.
     #[allow(unnameable_types)]
     pub trait VersionOps:
         MemslotRead<Backing: Send + Sync + 'static>

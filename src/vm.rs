@@ -12,29 +12,40 @@ use crate::publish::{Core, Transaction};
 use crate::reader::{GracePeriod, ReadFlavour, Reader};
 use crate::set::MemslotSet;
 use crate::types::{ChangeKind, Limits, UserspaceMemoryRegion};
-use crate::view::Version;
+use crate::view::{BackingOf, Version};
 
-/// A VM's memory slots: per address space one published [`MemslotSet`], replaced as a whole by
-/// each update.
+/// A VM's memory slots, generic over how a version is stored: per address space one published
+/// version of type `S`, replaced as a whole by each update. Used through its aliases:
+/// [`Memslots<B>`](Memslots) (the trees, [`MemslotSet<B>`]) and, with the `baseline` feature,
+/// `baseline::ArrayMemslots` (the array design KVM replaced), which run the same update protocol
+/// and differ only in how a version is stored and copied. Code written once for both (the
+/// benchmarks, the differential tests) is generic over `S: Version`.
 ///
 /// Writers are serialized by an internal lock (KVM's `slots_lock`); readers never take it. An
 /// update validates the request exactly as `KVM_SET_USER_MEMORY_REGION` does, builds the new version
-/// aside by copying only the tree paths it changes, and publishes it with one atomic swap. A delete
-/// or move first publishes the slot marked `INVALID`, then the final version, as the kernel does, so
+/// aside by copying only what it changes, and publishes it with one atomic swap. A delete or move
+/// first publishes the slot marked `INVALID`, then the final version, as the kernel does, so
 /// generations step the same way.
 ///
-/// `Memslots` is `Send + Sync`, and a handle: a clone is another handle on the same VM (an `Arc`
-/// clone, as vm-memory's `GuestMemoryAtomic`), to hand to the VMM thread, the vCPUs and devices.
+/// `Vm` is `Send + Sync`, and a handle: a clone is another handle on the same VM (an `Arc` clone,
+/// as vm-memory's `GuestMemoryAtomic`), to hand to the VMM thread, the vCPUs and devices.
+///
+/// | operation | cost (trees) |
+/// |---|---|
+/// | [`set_user_memory_region`](Self::set_user_memory_region) | O(log n) time and new memory |
+/// | [`snapshot`](Self::snapshot), [`Clone`] | O(1): an `Arc` clone, no copy |
+/// | [`reader`](Self::reader) | O(readers) |
+/// | constructors | O(address spaces) |
+pub struct Vm<S: Version = MemslotSet> {
+    core: Arc<Core<S>>,
+}
+
+/// A VM whose versions are the trees, [`MemslotSet<B>`]: the crate's VM type.
 ///
 /// The type parameter `B` is what each slot carries: `()` (the default) for the layout alone, or
 /// a backing (the slot's memory, see [`Backing`](crate::Backing) and [`GuestRam`](crate::GuestRam),
 /// or any per-slot data), held by the slot and released by ownership: see [`Memslot::backing`](crate::Memslot::backing).
-///
-/// | operation | cost |
-/// |---|---|
-/// | [`set_user_memory_region`](Self::set_user_memory_region) | O(log n) time and new memory |
-/// | [`snapshot`](Self::snapshot) | O(1): an `Arc` clone, no copy |
-/// | [`new`](Self::new) | O(address spaces) |
+/// The methods are [`Vm`]'s.
 ///
 /// ```
 /// use memslots::{ChangeKind, Gfn, Limits, Memslots, MemFlags, UserspaceMemoryRegion};
@@ -53,15 +64,23 @@ use crate::view::Version;
 /// assert_eq!((before.generation(), vm.snapshot(0).generation()), (2, 6));
 /// # Ok::<(), memslots::Error>(())
 /// ```
-pub struct Memslots<B: Send + Sync + 'static = ()> {
-    core: Arc<Core<MemslotSet<B>>>,
-}
+pub type Memslots<B = ()> = Vm<MemslotSet<B>>;
 
-impl<B: Send + Sync + 'static> Clone for Memslots<B> {
+impl<S: Version> Clone for Vm<S> {
     /// Another handle on the same VM (an `Arc` clone): updates through either are seen by both.
     fn clone(&self) -> Self {
         Self {
             core: Arc::clone(&self.core),
+        }
+    }
+}
+
+impl<S: Version> Vm<S> {
+    /// A handle on a VM made of `core` (the baseline's constructor).
+    #[cfg(feature = "baseline")]
+    pub(crate) fn from_core(core: Core<S>) -> Self {
+        Self {
+            core: Arc::new(core),
         }
     }
 }
@@ -142,7 +161,9 @@ impl<B: Send + Sync + 'static> Memslots<B> {
             core: Arc::new(Core::with_hooks(limits, Box::new(hooks), None)),
         }
     }
+}
 
+impl<S: Version> Vm<S> {
     /// The limits requests are checked against.
     #[must_use]
     pub fn limits(&self) -> &Limits {
@@ -219,7 +240,7 @@ impl<B: Send + Sync + 'static> Memslots<B> {
     pub fn create_memory_region(
         &self,
         region: UserspaceMemoryRegion,
-        backing: B,
+        backing: BackingOf<S>,
     ) -> Result<(), Error> {
         self.core.create(&region, backing)
     }
@@ -320,7 +341,7 @@ impl<B: Send + Sync + 'static> Memslots<B> {
     /// thread panics (it would wait for itself forever), and so does starting it while this
     /// thread holds the writer lock (another transaction open, or from a hook).
     #[must_use]
-    pub fn transaction(&self) -> Transaction<'_, MemslotSet<B>> {
+    pub fn transaction(&self) -> Transaction<'_, S> {
         self.core.transaction()
     }
 
@@ -329,7 +350,7 @@ impl<B: Send + Sync + 'static> Memslots<B> {
     ///
     /// Time: O(readers): registering takes the registry lock once.
     #[must_use]
-    pub fn reader(&self) -> Reader<MemslotSet<B>> {
+    pub fn reader(&self) -> Reader<S> {
         self.core.reader()
     }
 
@@ -338,7 +359,7 @@ impl<B: Send + Sync + 'static> Memslots<B> {
     ///
     /// Time: O(readers).
     #[must_use]
-    pub fn reader_with_flavour(&self, flavour: ReadFlavour) -> Reader<MemslotSet<B>> {
+    pub fn reader_with_flavour(&self, flavour: ReadFlavour) -> Reader<S> {
         self.core.reader_with_flavour(flavour)
     }
 
@@ -432,18 +453,18 @@ impl<B: Send + Sync + 'static> Memslots<B> {
     /// # Panics
     /// If `as_id` is not below [`Limits::address_spaces`].
     #[must_use]
-    pub fn snapshot(&self, as_id: u16) -> Snapshot<MemslotSet<B>> {
+    pub fn snapshot(&self, as_id: u16) -> Snapshot<S> {
         Snapshot(self.core.snapshot(as_id))
     }
 
     /// Every address space's current version, as a guard on the published root.
     #[cfg(feature = "vm-memory")]
-    pub(crate) fn root_guard(&self) -> crate::sync::RootGuard<crate::reader::Root<MemslotSet<B>>> {
+    pub(crate) fn root_guard(&self) -> crate::sync::RootGuard<crate::reader::Root<S>> {
         self.core.root_guard()
     }
 
     /// Every address space's current version, read from one published root.
-    pub(crate) fn versions(&self) -> crate::reader::Spaces<Arc<MemslotSet<B>>> {
+    pub(crate) fn versions(&self) -> crate::reader::Spaces<Arc<S>> {
         self.core.versions()
     }
 
@@ -457,65 +478,15 @@ impl<B: Send + Sync + 'static> Memslots<B> {
     }
 }
 
-impl<B: Send + Sync + 'static> fmt::Debug for Memslots<B> {
+impl<S: Version + fmt::Debug> fmt::Debug for Vm<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let spaces: Vec<_> = (0..self.limits().address_spaces())
             .map(|as_id| self.snapshot(as_id))
             .collect();
-        f.debug_struct("Memslots")
+        f.debug_struct("Vm")
             .field("limits", self.limits())
             .field("spaces", &spaces)
             .finish()
-    }
-}
-
-/// A VM's memslots with a writer and readers: what both designs' VM types offer, so that tests and
-/// benchmarks are written once over [`Memslots`](crate::Memslots) and the baseline's
-/// `ArrayMemslots` (feature `baseline`). [`Memslots`](crate::Memslots) has each of these as an
-/// inherent method too, so code using one design needs no trait import.
-pub trait MemslotStore: Send + Sync {
-    /// One address space's version.
-    type Version: Version;
-
-    /// The limits requests are checked against.
-    fn limits(&self) -> &Limits;
-
-    /// Applies one request, as the ioctl does.
-    ///
-    /// # Errors
-    /// The kernel's failure for the request, with every published version left as it was.
-    fn set_user_memory_region(&self, region: UserspaceMemoryRegion) -> Result<ChangeKind, Error>;
-
-    /// The current version of address space `as_id`.
-    ///
-    /// # Panics
-    /// If `as_id` is not below the limits' number of address spaces.
-    fn snapshot(&self, as_id: u16) -> Snapshot<Self::Version>;
-
-    /// A reader handle for one vCPU thread.
-    fn reader(&self) -> Reader<Self::Version>;
-
-    /// Waits until every read-side section open when it was called has ended.
-    fn synchronize(&self);
-}
-
-impl<B: Send + Sync + 'static> MemslotStore for Memslots<B> {
-    type Version = MemslotSet<B>;
-
-    fn limits(&self) -> &Limits {
-        self.limits()
-    }
-    fn set_user_memory_region(&self, region: UserspaceMemoryRegion) -> Result<ChangeKind, Error> {
-        self.set_user_memory_region(region)
-    }
-    fn snapshot(&self, as_id: u16) -> Snapshot<MemslotSet<B>> {
-        self.snapshot(as_id)
-    }
-    fn reader(&self) -> Reader<MemslotSet<B>> {
-        self.reader()
-    }
-    fn synchronize(&self) {
-        self.synchronize();
     }
 }
 

@@ -1,9 +1,9 @@
 //! The memory layouts of the kernel's `memslot_perf_test.c`, and the designs under test.
 
 use crate::rng::XorShift;
-use memslots::baseline::ArrayMemslots;
+use memslots::baseline::{ArrayMemslots, ArraySet};
 use memslots::{
-    Gfn, Hva, Limits, MemFlags, MemslotStore, Memslots, Reader, UserspaceMemoryRegion, Version,
+    Gfn, Hva, Limits, MemFlags, MemslotSet, Reader, UserspaceMemoryRegion, Version, Vm,
 };
 
 pub(crate) const PAGE: u64 = 4096;
@@ -89,27 +89,28 @@ impl Layout {
     }
 
     /// Builds the layout with one request each, in slot order.
-    pub(crate) fn build<S: MemslotStore>(&self, vm: &S) {
+    pub(crate) fn build<S: Version>(&self, vm: &Vm<S>) {
         for r in &self.regions {
             vm.set_user_memory_region(*r).expect("valid layout");
         }
     }
 }
 
-/// What the tests need of a design beyond [`MemslotStore`]: an empty VM to build on.
-pub(crate) trait Design: MemslotStore + Sized + 'static {
-    fn empty() -> Self;
+/// A design under test, named by its version type: what the tests need beyond [`Vm`]'s methods,
+/// an empty VM to build on.
+pub(crate) trait Design: Version {
+    fn new_vm() -> Vm<Self>;
 }
 
-impl Design for ArrayMemslots {
-    fn empty() -> Self {
+impl Design for ArraySet {
+    fn new_vm() -> Vm<Self> {
         ArrayMemslots::new(Limits::default())
     }
 }
 
-impl Design for Memslots {
-    fn empty() -> Self {
-        Memslots::new(Limits::default())
+impl Design for MemslotSet {
+    fn new_vm() -> Vm<Self> {
+        memslots::Memslots::new(Limits::default())
     }
 }
 

@@ -28,7 +28,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use memslots::baseline::ArrayMemslots;
-use memslots::{MemFlags, Memslots};
+use memslots::{MemFlags, Memslots, Vm};
 
 use layout::{Design, Layout, DEFAULT_SIZE, MAP_SIZE, UNMAP_SIZE};
 use malloc::Malloc;
@@ -364,8 +364,8 @@ fn run_count(n: usize, o: &Options) -> Vec<Row> {
 }
 
 /// A VM of design `D` holding `layout`.
-fn built<D: Design>(layout: &Layout) -> D {
-    let vm = D::empty();
+fn built<D: Design>(layout: &Layout) -> Vm<D> {
+    let vm = D::new_vm();
     layout.build(&vm);
     vm
 }

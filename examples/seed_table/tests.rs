@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use memslots::{Gfn, Hva, MemslotRead, UserspaceMemoryRegion};
+use memslots::{Gfn, Hva, UserspaceMemoryRegion, Vm};
 
 use crate::layout::{fault, Design, Layout, HOST_BASE, MEM_GPA, PAGE};
 
@@ -148,7 +148,7 @@ pub(crate) fn interleaved<const N: usize>(
 
 /// Map: every page of the area, in gfn order, one fault each (section, cached gfn -> slot, hva,
 /// dirty bit). The slots log dirty pages.
-pub(crate) fn map<D: Design>(vm: &D, layout: &Layout, budget: &Budget) -> Vec<f64> {
+pub(crate) fn map<D: Design>(vm: &Vm<D>, layout: &Layout, budget: &Budget) -> Vec<f64> {
     let handle = vm.reader();
     map_pass(layout, budget, |gfn| {
         fault(&handle, Gfn(gfn), true).is_some()
@@ -202,7 +202,7 @@ pub(crate) fn unmap_chunks(layout: &Layout, chunk_pages: u64) -> Vec<(u64, u64)>
 
 /// Unmap and Unmap 2M: one hva-range query per chunk on the current version, consuming every
 /// (slot, gfn range) it yields.
-pub(crate) fn unmap<D: Design>(vm: &D, chunks: &[(u64, u64)], budget: &Budget) -> Vec<f64> {
+pub(crate) fn unmap<D: Design>(vm: &Vm<D>, chunks: &[(u64, u64)], budget: &Budget) -> Vec<f64> {
     let pages: u64 = chunks.iter().map(|(s, e)| (e - s) / PAGE).sum();
     measure(budget, || {
         let start = Instant::now();
@@ -234,7 +234,12 @@ pub(crate) fn move_window(layout: &Layout, active: bool) -> Vec<u64> {
 /// Move active / Move inactive: one iteration moves the last slot past the end of the area and
 /// back (two `set_user_memory_region` calls, as the kernel's loop does), while a vCPU thread
 /// faults on the window in a loop. Returns the sample and the faults the vCPU took.
-pub(crate) fn moves<D: Design>(vm: &D, layout: &Layout, active: bool, budget: &Budget) -> Vec<f64> {
+pub(crate) fn moves<D: Design>(
+    vm: &Vm<D>,
+    layout: &Layout,
+    active: bool,
+    budget: &Budget,
+) -> Vec<f64> {
     let home = layout.last();
     let away = UserspaceMemoryRegion {
         guest_phys_addr: MEM_GPA + layout.area_pages * PAGE,
@@ -271,9 +276,13 @@ pub(crate) fn moves<D: Design>(vm: &D, layout: &Layout, active: bool, budget: &B
 
 /// Slot setup: every slot created from empty, one request (one published version) each. Leaves
 /// the last VM built in `last`, for the Move tests, which use the same layout.
-pub(crate) fn setup<D: Design>(layout: &Layout, budget: &Budget, last: &mut Option<D>) -> Vec<f64> {
+pub(crate) fn setup<D: Design>(
+    layout: &Layout,
+    budget: &Budget,
+    last: &mut Option<Vm<D>>,
+) -> Vec<f64> {
     measure(budget, || {
-        let vm = D::empty();
+        let vm = D::new_vm();
         let start = Instant::now();
         layout.build(&vm);
         let took = start.elapsed();

@@ -26,8 +26,8 @@ use std::collections::BTreeMap;
 
 use memslots::baseline::ArrayMemslots;
 use memslots::{
-    replay, ChangeKind, Diff, Gfn, Hva, Layout, Memslot, MemslotRead, MemslotSet, MemslotStore,
-    Memslots, Snapshot, Transaction, UserspaceMemoryRegion,
+    replay, ChangeKind, Diff, Gfn, Hva, Layout, Memslot, MemslotRead, MemslotSet, Memslots,
+    Snapshot, Transaction, UserspaceMemoryRegion,
 };
 
 #[path = "mirror.rs"]
