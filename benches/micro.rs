@@ -15,13 +15,13 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use memslots::baseline::ArrayMemslots;
 use memslots::{Gfn, Limits, MemFlags, MemslotRead, Memslots, ReadFlavour, UserspaceMemoryRegion};
-use vm_memory::{
-    GuestAddress, GuestMemoryBackend, GuestMemoryRegion, GuestMemoryRegionBytes,
-    GuestRegionCollection, GuestUsize,
-};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestRegionCollection};
 
+#[path = "../tests/support/peer_region.rs"]
+mod peer_region;
 #[path = "../tests/support/rng.rs"]
 mod rng;
+use peer_region::PeerRegion;
 use rng::XorShift;
 
 const SIZES: [usize; 4] = [10, 509, 4096, 32764];
@@ -93,31 +93,13 @@ fn vec_find(v: &[(u64, u64)], gfn: u64) -> Option<&(u64, u64)> {
         .filter(|(base, n)| gfn.wrapping_sub(*base) < *n)
 }
 
-#[derive(Debug)]
-struct PeerRegion {
-    start: GuestAddress,
-    len: GuestUsize,
-}
-
-impl GuestMemoryRegion for PeerRegion {
-    type B = ();
-    fn len(&self) -> GuestUsize {
-        self.len
-    }
-    fn start_addr(&self) -> GuestAddress {
-        self.start
-    }
-    fn bitmap(&self) {}
-}
-
-impl GuestMemoryRegionBytes for PeerRegion {}
-
 fn vm_memory(n: usize) -> GuestRegionCollection<PeerRegion> {
     GuestRegionCollection::from_regions(
         (0..n as u64)
             .map(|i| PeerRegion {
                 start: GuestAddress((BASE_GFN + i * PAGES) << 12),
                 len: PAGES << 12,
+                hva: 0,
             })
             .collect(),
     )

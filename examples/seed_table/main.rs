@@ -17,6 +17,8 @@
 mod layout;
 mod malloc;
 mod peer;
+#[path = "../../tests/support/peer_region.rs"]
+mod peer_region;
 mod plot;
 #[path = "../../tests/support/rng.rs"]
 mod rng;

@@ -2,50 +2,29 @@
 //! `Vec<Arc<R>>`) published through `GuestMemoryAtomic` (arc-swap plus a writer mutex), as
 //! cloud-hypervisor keeps its guest memory.
 //!
-//! The regions are a plain type implementing `GuestMemoryRegion` (no mmap: the tests only look
-//! addresses up) that carries its host address, since vm-memory's regions have no hva of their
-//! own outside the mmap backend.
+//! The regions are `PeerRegion`s (`tests/support/peer_region.rs`): a plain type implementing
+//! `GuestMemoryRegion` (no mmap: the tests only look addresses up) that carries its host address.
 
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Instant;
 
 use vm_memory::{
-    GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryRegion,
-    GuestMemoryRegionBytes, GuestRegionCollection, GuestUsize,
+    GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend, GuestRegionCollection,
 };
 
 use crate::layout::{Layout, PAGE};
+use crate::peer_region::PeerRegion;
 use crate::tests::{map_pass, measure, Budget};
 
-#[derive(Debug)]
-pub(crate) struct Region {
-    start: GuestAddress,
-    len: GuestUsize,
-    hva: u64,
-}
+pub(crate) type Peer = GuestMemoryAtomic<GuestRegionCollection<PeerRegion>>;
 
-impl GuestMemoryRegion for Region {
-    type B = ();
-    fn len(&self) -> GuestUsize {
-        self.len
-    }
-    fn start_addr(&self) -> GuestAddress {
-        self.start
-    }
-    fn bitmap(&self) {}
-}
-
-impl GuestMemoryRegionBytes for Region {}
-
-pub(crate) type Peer = GuestMemoryAtomic<GuestRegionCollection<Region>>;
-
-fn regions(layout: &Layout) -> Vec<Arc<Region>> {
+fn regions(layout: &Layout) -> Vec<Arc<PeerRegion>> {
     layout
         .regions
         .iter()
         .map(|r| {
-            Arc::new(Region {
+            Arc::new(PeerRegion {
                 start: GuestAddress(r.guest_phys_addr),
                 len: r.memory_size,
                 hva: r.userspace_addr,
