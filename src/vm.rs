@@ -45,7 +45,18 @@ pub struct Vm<S: Version = MemslotSet> {
 /// The type parameter `B` is what each slot carries: `()` (the default) for the layout alone, or
 /// a backing (the slot's memory, see [`Backing`](crate::Backing) and [`GuestRam`](crate::GuestRam),
 /// or any per-slot data), held by the slot and released by ownership: see [`Memslot::backing`](crate::Memslot::backing).
-/// The methods are [`Vm`]'s.
+///
+/// The constructors are below; every other method is [`Vm`]'s:
+///
+/// | method | what | cost |
+/// |---|---|---|
+/// | [`new`](Vm::new), [`with_hooks`](Vm::with_hooks), [`backed`](Vm::backed), [`from_layout`](Vm::from_layout) | an empty VM, or one holding a [`Layout`](crate::Layout) | O(address spaces), O(n log n) |
+/// | [`set_user_memory_region`](Vm::set_user_memory_region), [`create_memory_region`](Vm::create_memory_region), [`set_internal_memory_region`](Vm::set_internal_memory_region) | the ioctl: create, delete, move, re-flag, waiting for readers as the kernel does | O(log n) plus grace periods |
+/// | [`publish_user_memory_region`](Vm::publish_user_memory_region), [`poll_synchronize`](Vm::poll_synchronize) | the same without waiting, and its grace period polled | O(log n) |
+/// | [`transaction`](Vm::transaction) | several requests published as one version, all or nothing | O(k log n) |
+/// | [`reader`](Vm::reader), [`synchronize`](Vm::synchronize) | a vCPU's read-side handle; a grace period | O(readers) |
+/// | [`snapshot`](Vm::snapshot), [`layout`](Vm::layout) | a version to keep; the slots as plain requests | O(1), O(n) |
+/// | [`get_dirty_log`](Vm::get_dirty_log), [`clear_dirty_log`](Vm::clear_dirty_log), [`set_dirty_log_mode`](Vm::set_dirty_log_mode) | the dirty-log ioctls | O(pages / 64) |
 ///
 /// ```
 /// use memslots::{ChangeKind, Gfn, Limits, Memslots, MemFlags, UserspaceMemoryRegion};
