@@ -1,4 +1,5 @@
-//! [`Memslots`]: a VM's memslots, published for lock-free readers, updated by one writer at a time.
+//! [`Vm`] and its alias [`Memslots`]: a VM's memslots, published for lock-free readers, updated by one
+//! writer at a time; [`Snapshot`], a version kept.
 
 use core::fmt;
 use core::ops::Deref;
