@@ -59,7 +59,7 @@ struct Side<'a, K, V, S, const B: usize> {
 }
 
 impl<'a, K, V, S, const B: usize> Side<'a, K, V, S, B> {
-    fn new(root: Option<&'a Node<K, V, S, B>>) -> Self {
+    fn new(root: Option<&'a Arc<Node<K, V, S, B>>>) -> Self {
         let mut side = Side {
             frames: ArrayVec::new(),
             height: root.map_or(0, Node::height),
@@ -131,8 +131,8 @@ impl<'a, K, V, S, const B: usize, F> Diff<'a, K, V, S, B, F> {
         };
         let (old, new) = if same { (None, None) } else { (old, new) };
         Diff {
-            old: Side::new(old.map(|n| &**n)),
-            new: Side::new(new.map(|n| &**n)),
+            old: Side::new(old),
+            new: Side::new(new),
             eq,
         }
     }
