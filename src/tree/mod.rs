@@ -102,6 +102,11 @@ pub const DEFAULT_B: usize = if cfg!(memslots_small_nodes) { 4 } else { 16 };
 /// its entries' `of_entry` in key order, grouped by the tree's shape, which
 /// changes with edits.
 ///
+/// The tree itself asks only `Copy` of a summary: it is cached by value in the
+/// nodes and copied when they are. [`Tree::check_invariants`] also needs
+/// `PartialEq`, to compare each cached summary with one recomputed. A tree is
+/// `Send` and `Sync` when its keys, values and summary are.
+///
 /// ```
 /// use memslots::tree::Summary;
 ///
@@ -122,7 +127,7 @@ pub const DEFAULT_B: usize = if cfg!(memslots_small_nodes) { 4 } else { 16 };
 ///     [((0, 1), 10), ((4, 2), 30), ((8, 3), 12)].into_iter().collect();
 /// assert_eq!(tree.summary(), Some(MaxEnd(30)));
 /// ```
-pub trait Summary<K, V>: Copy + fmt::Debug + PartialEq + Send + Sync + 'static {
+pub trait Summary<K, V>: Copy {
     /// Summary of a single entry.
     fn of_entry(key: &K, value: &V) -> Self;
     /// Summary of two adjacent runs of entries, `self` before `other`.
@@ -167,8 +172,8 @@ impl<K, S, F: FnMut(&K, &S) -> Visit> Visitor<K, S> for F {
 /// children per internal node.
 ///
 /// Cloning is O(1) and the clone shares all nodes; edits copy only the nodes
-/// on the edited path that are shared. The tree is `Send + Sync` when `K` and
-/// `V` are.
+/// on the edited path that are shared. The tree is `Send + Sync` when `K`, `V`
+/// and `S` are.
 ///
 /// | operation | cost |
 /// |---|---|

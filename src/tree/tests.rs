@@ -705,6 +705,35 @@ fn debug_eq_default_and_send_sync() {
 }
 
 #[test]
+fn summary_needs_only_copy() {
+    /// Entries in a subtree: `Copy`, and neither `Debug`, `PartialEq`,
+    /// `Send`, `Sync` nor `'static`.
+    #[derive(Clone, Copy)]
+    struct Count<'a>(usize, std::marker::PhantomData<&'a std::cell::Cell<()>>);
+    impl Summary<u32, u32> for Count<'_> {
+        fn of_entry(_: &u32, _: &u32) -> Self {
+            Count(1, std::marker::PhantomData)
+        }
+        fn combine(self, other: Self) -> Self {
+            Count(self.0 + other.0, std::marker::PhantomData)
+        }
+    }
+
+    let mut t: Tree<u32, u32, Count<'_>, 4> = (0..50).map(|i| (i, i)).collect();
+    t.insert(50, 50);
+    assert_eq!(t.remove(&0), Some(0));
+    assert_eq!(t.summary().map(|c| c.0), Some(50));
+    let entered = t.search(|_, c: &Count<'_>| match c.0 {
+        0 => Visit::Skip,
+        _ => Visit::Enter,
+    });
+    assert_eq!(entered.count(), 50);
+    assert_eq!(t.floor(&100), Some((&50, &50)));
+    // `Debug` for the tree does not ask it of the summary.
+    assert!(format!("{t:?}").starts_with("{1: 1, 2: 2, "));
+}
+
+#[test]
 fn empty_tree_queries() {
     let t: Tree<u32, u32> = Tree::new();
     assert_eq!(t.get(&0), None);
