@@ -70,7 +70,7 @@ mod node;
 mod tests;
 
 pub use check::Violation;
-pub use diff::{Diff, DiffItem};
+pub use diff::{Changes, Diff};
 pub use iter::{Iter, Range, Search};
 
 use node::{child_index, rank_le, rank_lt, Leaf, Node};
@@ -627,25 +627,25 @@ impl<K: Ord + Copy, V: Clone, S: Summary<K, V>, const B: usize> Tree<K, V, S, B>
     /// Subtrees shared by both versions are stepped over without being opened,
     /// so versions that differ in k entries cost O((k + 1) log n), and
     /// `t.diff_by(&t, ..)` is empty in O(1). Unrelated trees with equal
-    /// contents still work, at O(n). [`Diff::nodes_visited`] counts the work.
+    /// contents still work, at O(n). [`Changes::nodes_visited`] counts the work.
     ///
     /// Time: O((k + 1) log n) for k differences between related versions,
     /// O(n) for unrelated trees, O(1) if `ptr_eq`. Does not allocate.
     ///
     /// ```
     /// use std::sync::Arc;
-    /// use memslots::tree::{DiffItem, Tree};
+    /// use memslots::tree::{Diff, Tree};
     ///
     /// let v1: Tree<u32, Arc<str>> = (0..1000).map(|i| (i, Arc::from("x"))).collect();
     /// let v2 = v1.update(500, Arc::from("x"));
     /// let d: Vec<_> = v1.diff_by(&v2, Arc::ptr_eq).collect();
-    /// assert!(matches!(d[..], [DiffItem::Update { key: &500, .. }]));
+    /// assert!(matches!(d[..], [Diff::Update { key: &500, .. }]));
     /// ```
-    pub fn diff_by<'a, F>(&'a self, other: &'a Self, eq: F) -> Diff<'a, K, V, S, B, F>
+    pub fn diff_by<'a, F>(&'a self, other: &'a Self, eq: F) -> Changes<'a, K, V, S, B, F>
     where
         F: FnMut(&V, &V) -> bool,
     {
-        Diff::new(self.root.as_ref(), other.root.as_ref(), eq)
+        Changes::new(self.root.as_ref(), other.root.as_ref(), eq)
     }
 
     /// Number of nodes, for memory accounting and tests.
@@ -683,7 +683,7 @@ impl<K: Ord + Copy, V: Clone + PartialEq, S: Summary<K, V>, const B: usize> Tree
     /// O(1) if `ptr_eq`. Does not allocate.
     ///
     /// ```
-    /// use memslots::tree::{DiffItem, Tree};
+    /// use memslots::tree::{Diff, Tree};
     ///
     /// let v1: Tree<u32, u32> = (0..1000).map(|i| (i, i)).collect();
     /// let v2 = v1.update(1000, 0).without(&3).update(7, 70);
@@ -691,14 +691,14 @@ impl<K: Ord + Copy, V: Clone + PartialEq, S: Summary<K, V>, const B: usize> Tree
     /// assert_eq!(
     ///     d,
     ///     [
-    ///         DiffItem::Remove(&3, &3),
-    ///         DiffItem::Update { key: &7, old: &7, new: &70 },
-    ///         DiffItem::Add(&1000, &0),
+    ///         Diff::Remove(&3, &3),
+    ///         Diff::Update { key: &7, old: &7, new: &70 },
+    ///         Diff::Add(&1000, &0),
     ///     ]
     /// );
     /// assert_eq!(v1.diff(&v1).count(), 0);
     /// ```
-    pub fn diff<'a>(&'a self, other: &'a Self) -> Diff<'a, K, V, S, B> {
+    pub fn diff<'a>(&'a self, other: &'a Self) -> Changes<'a, K, V, S, B> {
         self.diff_by(other, <V as PartialEq>::eq)
     }
 }

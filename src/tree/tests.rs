@@ -402,9 +402,9 @@ fn diff_rows<const B: usize>(
 ) -> Vec<DiffRow> {
     a.diff(b)
         .map(|d| match d {
-            DiffItem::Add(k, v) => (*k, None, Some(*v)),
-            DiffItem::Remove(k, v) => (*k, Some(*v), None),
-            DiffItem::Update { key, old, new } => (*key, Some(*old), Some(*new)),
+            Diff::Add(k, v) => (*k, None, Some(*v)),
+            Diff::Remove(k, v) => (*k, Some(*v), None),
+            Diff::Update { key, old, new } => (*key, Some(*old), Some(*new)),
         })
         .collect()
 }
@@ -495,7 +495,7 @@ fn diff_by_compares_arcs_by_pointer() {
     let v2 = v1.update(7, Arc::new(7));
     assert_eq!(v1.diff(&v2).count(), 0);
     let d: Vec<_> = v1.diff_by(&v2, Arc::ptr_eq).collect();
-    assert!(matches!(d[..], [DiffItem::Update { key: &7, .. }]));
+    assert!(matches!(d[..], [Diff::Update { key: &7, .. }]));
 }
 
 // ---- deterministic ----
