@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use crate::set::MemslotSet;
 use crate::slot::Memslot;
-use crate::tree::{self, DiffItem};
+use crate::tree;
 
 /// One difference between two versions, keyed by slot id.
 ///
@@ -141,7 +141,7 @@ type SameSlot<B> = fn(&Arc<Memslot<B>>, &Arc<Memslot<B>>) -> bool;
 /// | [`next`](Iterator::next) | O(log n) amortized over related versions; no allocation |
 /// | [`nodes_visited`](Self::nodes_visited) | O(1) |
 pub struct Changes<'a, B = ()> {
-    inner: tree::Diff<'a, u16, Arc<Memslot<B>>, (), { tree::DEFAULT_B }>,
+    inner: tree::Changes<'a, u16, Arc<Memslot<B>>, (), { tree::DEFAULT_B }>,
 }
 
 impl<B> Changes<'_, B> {
@@ -173,11 +173,11 @@ impl<'a, B: 'static> Iterator for Changes<'a, B> {
     fn next(&mut self) -> Option<Diff<'a, Memslot<B>>> {
         loop {
             return Some(match self.inner.next()? {
-                DiffItem::Add(_, new) => Diff::Added(new),
-                DiffItem::Remove(_, old) => Diff::Removed(old),
+                tree::Diff::Add(_, new) => Diff::Added(new),
+                tree::Diff::Remove(_, old) => Diff::Removed(old),
                 // Different `Arc`s may hold equal slots: a flag turned off and on again.
-                DiffItem::Update { old, new, .. } if old == new => continue,
-                DiffItem::Update { old, new, .. } => Diff::Changed { old, new },
+                tree::Diff::Update { old, new, .. } if old == new => continue,
+                tree::Diff::Update { old, new, .. } => Diff::Changed { old, new },
             });
         }
     }

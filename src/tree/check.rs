@@ -135,7 +135,7 @@ struct Checker {
 }
 
 impl Checker {
-    fn node<'a, K: Ord + Copy, V: Clone, S: Summary<K, V>, const B: usize>(
+    fn node<'a, K: Ord + Copy, V: Clone, S: Summary<K, V> + PartialEq, const B: usize>(
         &mut self,
         node: &'a Node<K, V, S, B>,
         depth: usize,
@@ -226,10 +226,16 @@ impl Checker {
     }
 }
 
-impl<K: Ord + Copy, V: Clone, S: Summary<K, V>, const B: usize> Tree<K, V, S, B> {
+impl<K, V, S, const B: usize> Tree<K, V, S, B>
+where
+    K: Ord + Copy,
+    V: Clone,
+    S: Summary<K, V> + PartialEq,
+{
     /// Checks every structural invariant: key order within and across nodes,
     /// node fill bounds, equal leaf depth, cached child keys and summaries
-    /// (recomputed from the entries), `len`, and the depth bound.
+    /// (recomputed from the entries, and compared with `==`, hence
+    /// `S: PartialEq`), `len`, and the depth bound.
     ///
     /// Time: O(n).
     ///

@@ -10,11 +10,11 @@ use arrayvec::ArrayVec;
 use super::node::Node;
 use super::MAX_DEPTH;
 
-/// One difference between two versions, from [`Tree::diff`](super::Tree::diff)
-/// or [`Tree::diff_by`](super::Tree::diff_by). "Old" is the tree `diff` was
-/// called on, "new" its argument.
+/// One difference between two versions, an item of [`Changes`] from
+/// [`Tree::diff`](super::Tree::diff) or [`Tree::diff_by`](super::Tree::diff_by).
+/// "Old" is the tree `diff` was called on, "new" its argument.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DiffItem<'a, K, V> {
+pub enum Diff<'a, K, V> {
     /// The key is only in the new version.
     Add(&'a K, &'a V),
     /// The key is only in the old version.
@@ -59,7 +59,7 @@ struct Side<'a, K, V, S, const B: usize> {
 }
 
 impl<'a, K, V, S, const B: usize> Side<'a, K, V, S, B> {
-    fn new(root: Option<&'a Node<K, V, S, B>>) -> Self {
+    fn new(root: Option<&'a Arc<Node<K, V, S, B>>>) -> Self {
         let mut side = Side {
             frames: ArrayVec::new(),
             height: root.map_or(0, Node::height),
@@ -108,18 +108,19 @@ impl<'a, K, V, S, const B: usize> Side<'a, K, V, S, B> {
 }
 
 /// Iterator over the differences between two versions, in key order, from
-/// [`Tree::diff`](super::Tree::diff) and [`Tree::diff_by`](super::Tree::diff_by).
+/// [`Tree::diff`](super::Tree::diff) and [`Tree::diff_by`](super::Tree::diff_by);
+/// each is a [`Diff`].
 ///
 /// The walk opens a node only if it is not shared by both versions at the
 /// current position, so versions that differ in `k` entries cost
 /// `O((k + 1) log n)` node visits rather than `O(n)`. Does not allocate.
-pub struct Diff<'a, K, V, S, const B: usize, F = fn(&V, &V) -> bool> {
+pub struct Changes<'a, K, V, S, const B: usize, F = fn(&V, &V) -> bool> {
     old: Side<'a, K, V, S, B>,
     new: Side<'a, K, V, S, B>,
     eq: F,
 }
 
-impl<'a, K, V, S, const B: usize, F> Diff<'a, K, V, S, B, F> {
+impl<'a, K, V, S, const B: usize, F> Changes<'a, K, V, S, B, F> {
     pub(crate) fn new(
         old: Option<&'a Arc<Node<K, V, S, B>>>,
         new: Option<&'a Arc<Node<K, V, S, B>>>,
@@ -130,9 +131,9 @@ impl<'a, K, V, S, const B: usize, F> Diff<'a, K, V, S, B, F> {
             (a, b) => a.is_none() && b.is_none(),
         };
         let (old, new) = if same { (None, None) } else { (old, new) };
-        Diff {
-            old: Side::new(old.map(|n| &**n)),
-            new: Side::new(new.map(|n| &**n)),
+        Changes {
+            old: Side::new(old),
+            new: Side::new(new),
             eq,
         }
     }
@@ -147,12 +148,12 @@ impl<'a, K, V, S, const B: usize, F> Diff<'a, K, V, S, B, F> {
     }
 }
 
-impl<'a, K, V, S, const B: usize, F> Iterator for Diff<'a, K, V, S, B, F>
+impl<'a, K, V, S, const B: usize, F> Iterator for Changes<'a, K, V, S, B, F>
 where
     K: Ord,
     F: FnMut(&V, &V) -> bool,
 {
-    type Item = DiffItem<'a, K, V>;
+    type Item = Diff<'a, K, V>;
 
     fn next(&mut self) -> Option<Self::Item> {
         use Item::{Entry, Subtree};
@@ -165,11 +166,11 @@ where
                 (Some(a), Some(b)) => (a, b),
                 (Some(Entry(k, v)), None) => {
                     self.old.advance();
-                    return Some(DiffItem::Remove(k, v));
+                    return Some(Diff::Remove(k, v));
                 }
                 (None, Some(Entry(k, v))) => {
                     self.new.advance();
-                    return Some(DiffItem::Add(k, v));
+                    return Some(Diff::Add(k, v));
                 }
                 (Some(Subtree { .. }), None) => {
                     self.old.expand();
@@ -183,19 +184,19 @@ where
             match (a.key().cmp(b.key()), a, b) {
                 (Ordering::Less, Entry(k, v), _) => {
                     self.old.advance();
-                    return Some(DiffItem::Remove(k, v));
+                    return Some(Diff::Remove(k, v));
                 }
                 (Ordering::Less, Subtree { .. }, _) => self.old.expand(),
                 (Ordering::Greater, _, Entry(k, v)) => {
                     self.new.advance();
-                    return Some(DiffItem::Add(k, v));
+                    return Some(Diff::Add(k, v));
                 }
                 (Ordering::Greater, _, Subtree { .. }) => self.new.expand(),
                 (Ordering::Equal, Entry(k, old), Entry(_, new)) => {
                     self.old.advance();
                     self.new.advance();
                     if !(self.eq)(old, new) {
-                        return Some(DiffItem::Update { key: k, old, new });
+                        return Some(Diff::Update { key: k, old, new });
                     }
                 }
                 (
@@ -232,16 +233,16 @@ where
     }
 }
 
-impl<K, V, S, const B: usize, F> FusedIterator for Diff<'_, K, V, S, B, F>
+impl<K, V, S, const B: usize, F> FusedIterator for Changes<'_, K, V, S, B, F>
 where
     K: Ord,
     F: FnMut(&V, &V) -> bool,
 {
 }
 
-impl<K, V, S, const B: usize, F> std::fmt::Debug for Diff<'_, K, V, S, B, F> {
+impl<K, V, S, const B: usize, F> std::fmt::Debug for Changes<'_, K, V, S, B, F> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Diff")
+        f.debug_struct("Changes")
             .field("nodes_visited", &self.nodes_visited())
             .finish_non_exhaustive()
     }

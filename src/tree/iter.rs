@@ -3,6 +3,7 @@
 
 use std::iter::FusedIterator;
 use std::ops::Bound;
+use std::sync::Arc;
 
 use arrayvec::ArrayVec;
 
@@ -10,10 +11,33 @@ use super::node::{child_index, rank_le, rank_lt, Internal, Leaf, Node};
 use super::Visitor;
 use super::{Summary, Visit, MAX_DEPTH};
 
+/// The internal nodes on a path from the root, each with the index of the
+/// child taken.
+type Path<'a, K, V, S, const B: usize> = ArrayVec<(&'a Internal<K, V, S, B>, usize), MAX_DEPTH>;
+
+/// [`Node::descend`] from `node` with `pick`, pushing each internal node
+/// passed and the child taken onto `path`.
+#[inline]
+fn descend_onto<'a, K, V, S, const B: usize>(
+    path: &mut Path<'a, K, V, S, B>,
+    node: &'a Arc<Node<K, V, S, B>>,
+    mut pick: impl FnMut(&'a Internal<K, V, S, B>) -> usize,
+) -> &'a Leaf<K, V, B> {
+    Node::descend(
+        node,
+        |n| {
+            let i = pick(n);
+            path.push((n, i));
+            i
+        },
+        |l| l,
+    )
+}
+
 /// A position on one entry: the internal nodes on the path with the index of
 /// the child taken, plus the leaf and the index in it.
 pub(crate) struct Cursor<'a, K, V, S, const B: usize> {
-    stack: ArrayVec<(&'a Internal<K, V, S, B>, usize), MAX_DEPTH>,
+    stack: Path<'a, K, V, S, B>,
     leaf: &'a Leaf<K, V, B>,
     pos: usize,
 }
@@ -29,66 +53,34 @@ impl<K, V, S, const B: usize> Clone for Cursor<'_, K, V, S, B> {
 }
 
 impl<'a, K: Ord, V, S, const B: usize> Cursor<'a, K, V, S, B> {
-    /// Descends from `node` taking the child `pick(internal)` at each level,
-    /// and places the cursor at `at(leaf)` in the leaf reached. The flag is
-    /// `false` (and the position 0) when `at` found no suitable entry.
-    fn descend(
-        mut stack: ArrayVec<(&'a Internal<K, V, S, B>, usize), MAX_DEPTH>,
-        mut node: &'a Node<K, V, S, B>,
-        pick: impl Fn(&'a Internal<K, V, S, B>) -> usize,
-        at: impl FnOnce(&'a Leaf<K, V, B>) -> Option<usize>,
-    ) -> (Self, bool) {
-        loop {
-            match node {
-                Node::Internal(n) => {
-                    let i = pick(n);
-                    stack.push((n, i));
-                    node = &n.children[i];
-                }
-                Node::Leaf(leaf) => {
-                    let (pos, found) = match at(leaf) {
-                        Some(pos) => (pos, true),
-                        None => (0, false),
-                    };
-                    return (Cursor { stack, leaf, pos }, found);
-                }
-            }
-        }
-    }
-
     /// The first entry of the subtree.
-    pub(crate) fn first(root: &'a Node<K, V, S, B>) -> Self {
-        Self::descend(ArrayVec::new(), root, |_| 0, |_| Some(0)).0
+    pub(crate) fn first(root: &'a Arc<Node<K, V, S, B>>) -> Self {
+        Self::descend(root, |_| 0)
     }
 
     /// The last entry of the subtree.
-    pub(crate) fn last(root: &'a Node<K, V, S, B>) -> Self {
-        Self::descend(
-            ArrayVec::new(),
-            root,
-            |n| n.children.len() - 1,
-            |l| Some(l.keys.len() - 1),
-        )
-        .0
+    pub(crate) fn last(root: &'a Arc<Node<K, V, S, B>>) -> Self {
+        let mut cursor = Self::descend(root, |n| n.children.len() - 1);
+        cursor.pos = cursor.leaf.keys.len() - 1;
+        cursor
     }
 
     /// The first entry inside `bound` taken as a lower bound, if any.
-    pub(crate) fn lower_bound(root: &'a Node<K, V, S, B>, bound: Bound<&K>) -> Option<Self> {
-        let pick = |n: &Internal<K, V, S, B>| match bound {
-            Bound::Unbounded => 0,
-            Bound::Included(k) | Bound::Excluded(k) => child_index(&n.keys, k),
+    pub(crate) fn lower_bound(root: &'a Arc<Node<K, V, S, B>>, bound: Bound<&K>) -> Option<Self> {
+        let (k, inclusive) = match bound {
+            Bound::Unbounded => return Some(Self::first(root)),
+            Bound::Included(k) => (k, true),
+            Bound::Excluded(k) => (k, false),
         };
-        let at = |l: &Leaf<K, V, B>| {
-            let pos = match bound {
-                Bound::Unbounded => 0,
-                Bound::Included(k) => rank_lt(&l.keys, k),
-                Bound::Excluded(k) => rank_le(&l.keys, k),
-            };
-            (pos < l.keys.len()).then_some(pos)
+        let mut cursor = Self::descend(root, |n| child_index(&n.keys, k));
+        let keys = &cursor.leaf.keys;
+        cursor.pos = if inclusive {
+            rank_lt(keys, k)
+        } else {
+            rank_le(keys, k)
         };
-        let (mut cursor, found) = Self::descend(ArrayVec::new(), root, pick, at);
         // Every key of this leaf is below the bound: the answer starts the next leaf.
-        if found || cursor.next_leaf() {
+        if cursor.pos < keys.len() || cursor.next_leaf() {
             Some(cursor)
         } else {
             None
@@ -96,24 +88,46 @@ impl<'a, K: Ord, V, S, const B: usize> Cursor<'a, K, V, S, B> {
     }
 
     /// The last entry inside `bound` taken as an upper bound, if any.
-    pub(crate) fn upper_bound(root: &'a Node<K, V, S, B>, bound: Bound<&K>) -> Option<Self> {
-        // Each child taken has its smallest key inside the bound, so the leaf
-        // reached always holds the answer, unless the whole tree is above it.
-        let last_in = |keys: &[K]| -> Option<usize> {
-            match bound {
-                Bound::Unbounded => keys.len().checked_sub(1),
-                Bound::Included(k) => rank_le(keys, k).checked_sub(1),
-                Bound::Excluded(k) => rank_lt(keys, k).checked_sub(1),
+    pub(crate) fn upper_bound(root: &'a Arc<Node<K, V, S, B>>, bound: Bound<&K>) -> Option<Self> {
+        let (k, inclusive) = match bound {
+            Bound::Unbounded => return Some(Self::last(root)),
+            Bound::Included(k) => (k, true),
+            Bound::Excluded(k) => (k, false),
+        };
+        // Keys inside the bound.
+        let inside = |keys: &[K]| {
+            if inclusive {
+                rank_le(keys, k)
+            } else {
+                rank_lt(keys, k)
             }
         };
-        last_in(std::slice::from_ref(root.first_key()))?;
-        let pick = |n: &Internal<K, V, S, B>| last_in(&n.keys).unwrap_or(0);
-        let (cursor, found) = Self::descend(ArrayVec::new(), root, pick, |l| last_in(&l.keys));
-        found.then_some(cursor)
+        // Each child taken is the last whose smallest key is inside the bound,
+        // so the leaf reached holds the answer; if no child's is, the whole
+        // tree is above the bound, and the leftmost leaf has no key inside it.
+        let mut cursor = Self::descend(root, |n| inside(&n.keys).saturating_sub(1));
+        cursor.pos = inside(&cursor.leaf.keys).checked_sub(1)?;
+        Some(cursor)
     }
 }
 
 impl<'a, K, V, S, const B: usize> Cursor<'a, K, V, S, B> {
+    /// A cursor on the leaf reached from `root` by [`Node::descend`] with
+    /// `pick`, at position 0; the path taken is its stack.
+    #[inline]
+    fn descend(
+        root: &'a Arc<Node<K, V, S, B>>,
+        pick: impl FnMut(&'a Internal<K, V, S, B>) -> usize,
+    ) -> Self {
+        let mut stack = ArrayVec::new();
+        let leaf = descend_onto(&mut stack, root, pick);
+        Cursor {
+            stack,
+            leaf,
+            pos: 0,
+        }
+    }
+
     #[inline]
     pub(crate) fn get(&self) -> (&'a K, &'a V) {
         (&self.leaf.keys[self.pos], &self.leaf.vals[self.pos])
@@ -142,20 +156,10 @@ impl<'a, K, V, S, const B: usize> Cursor<'a, K, V, S, B> {
             let n: &'a Internal<K, V, S, B> = top.0;
             if top.1 + 1 < n.children.len() {
                 top.1 += 1;
-                let mut node: &'a Node<K, V, S, B> = &n.children[top.1];
-                loop {
-                    match node {
-                        Node::Internal(n) => {
-                            self.stack.push((n, 0));
-                            node = &n.children[0];
-                        }
-                        Node::Leaf(l) => {
-                            self.leaf = l;
-                            self.pos = 0;
-                            return true;
-                        }
-                    }
-                }
+                let child = &n.children[top.1];
+                self.leaf = descend_onto(&mut self.stack, child, |_| 0);
+                self.pos = 0;
+                return true;
             }
             self.stack.pop();
         }
@@ -174,21 +178,10 @@ impl<'a, K, V, S, const B: usize> Cursor<'a, K, V, S, B> {
             let n: &'a Internal<K, V, S, B> = top.0;
             if top.1 > 0 {
                 top.1 -= 1;
-                let mut node: &'a Node<K, V, S, B> = &n.children[top.1];
-                loop {
-                    match node {
-                        Node::Internal(n) => {
-                            let i = n.children.len() - 1;
-                            self.stack.push((n, i));
-                            node = &n.children[i];
-                        }
-                        Node::Leaf(l) => {
-                            self.leaf = l;
-                            self.pos = l.keys.len() - 1;
-                            return true;
-                        }
-                    }
-                }
+                let child = &n.children[top.1];
+                self.leaf = descend_onto(&mut self.stack, child, |n| n.children.len() - 1);
+                self.pos = self.leaf.keys.len() - 1;
+                return true;
             }
             self.stack.pop();
         }
@@ -205,7 +198,7 @@ pub struct Iter<'a, K, V, S, const B: usize> {
 }
 
 impl<'a, K: Ord, V, S, const B: usize> Iter<'a, K, V, S, B> {
-    pub(crate) fn new(root: Option<&'a Node<K, V, S, B>>, len: usize) -> Self {
+    pub(crate) fn new(root: Option<&'a Arc<Node<K, V, S, B>>>, len: usize) -> Self {
         Iter {
             front: root.map(Cursor::first),
             back: root.map(Cursor::last),
@@ -280,7 +273,7 @@ pub struct Range<'a, K, V, S, const B: usize> {
 
 impl<'a, K: Ord, V, S, const B: usize> Range<'a, K, V, S, B> {
     pub(crate) fn new(
-        root: Option<&'a Node<K, V, S, B>>,
+        root: Option<&'a Arc<Node<K, V, S, B>>>,
         start: Bound<&K>,
         end: Bound<&K>,
     ) -> Self {
@@ -338,7 +331,7 @@ impl<K, V, S, const B: usize> FusedIterator for Range<'_, K, V, S, B> {}
 /// kept as a bit mask and yielded from there. The scan is then one loop with a
 /// single exit, which for a small set (one leaf) is most of the query.
 pub struct Search<'a, K, V, S, F, const B: usize> {
-    stack: ArrayVec<(&'a Internal<K, V, S, B>, usize), MAX_DEPTH>,
+    stack: Path<'a, K, V, S, B>,
     /// The entries of the leaf opened last.
     keys: &'a [K],
     vals: &'a [V],

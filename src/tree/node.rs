@@ -149,6 +149,20 @@ impl<K, V, const B: usize> Leaf<K, V, B> {
     }
 }
 
+impl<K: Ord, V, const B: usize> Leaf<K, V, B> {
+    /// Where `key` is: `Ok` with its index, or `Err` with the index it would
+    /// be inserted at.
+    #[inline]
+    pub(crate) fn find(&self, key: &K) -> Result<usize, usize> {
+        let i = rank_lt(&self.keys, key);
+        if self.keys.get(i) == Some(key) {
+            Ok(i)
+        } else {
+            Err(i)
+        }
+    }
+}
+
 impl<K, V, S, const B: usize> Node<K, V, S, B> {
     /// Entries (leaf) or children (internal).
     #[inline]
@@ -168,39 +182,69 @@ impl<K, V, S, const B: usize> Node<K, V, S, B> {
         }
     }
 
-    /// Leftmost entry of the subtree. The node must be non-empty.
-    pub(crate) fn first_entry(&self) -> (&K, &V) {
-        let mut node = self;
+    /// The root-to-leaf descent that every lookup and every iterator start
+    /// shares: from `root` down to a leaf, taking at each internal node the
+    /// child `pick` returns, and the answer `at` reads from the leaf.
+    ///
+    /// A `pick` that needs the path (the iterators' stack, `ceil`'s next
+    /// subtree) records it as it goes. No early exit: a lookup whose answer is
+    /// not below the child taken learns so at the leaf (an upper bound below
+    /// the whole tree, in the leftmost leaf). Does not allocate.
+    ///
+    /// The walk starts from the `Arc` that holds the node (every node is held
+    /// in one) and dereferences it inside the loop, so that the loop carries
+    /// the pointers loaded from the parents: started from a `&Node`, `get`
+    /// compiled to one more instruction per level (an add on the chain of
+    /// dependent loads).
+    ///
+    /// Two descents do not use it. `Tree::floor` keeps its own loop, for
+    /// speed (see there). `insert` and `remove` recurse instead: they go
+    /// through `Arc::make_mut` at each level and fix the parent's cached key
+    /// and summary on the way back up; they share the choice of child
+    /// ([`child_index`]) and the search in the leaf ([`Leaf::find`]).
+    #[inline]
+    pub(crate) fn descend<'a, R>(
+        root: &'a Arc<Self>,
+        mut pick: impl FnMut(&'a Internal<K, V, S, B>) -> usize,
+        at: impl FnOnce(&'a Leaf<K, V, B>) -> R,
+    ) -> R {
+        let mut node = root;
         loop {
-            match node {
-                Node::Internal(n) => node = &n.children[0],
-                Node::Leaf(l) => return (&l.keys[0], &l.vals[0]),
+            match &**node {
+                Node::Internal(n) => node = &n.children[pick(n)],
+                Node::Leaf(l) => return at(l),
             }
         }
+    }
+
+    /// Leftmost entry of the subtree. The node must be non-empty.
+    pub(crate) fn first_entry(node: &Arc<Self>) -> (&K, &V) {
+        Self::descend(node, |_| 0, |l| (&l.keys[0], &l.vals[0]))
     }
 
     /// Rightmost entry of the subtree. The node must be non-empty.
-    pub(crate) fn last_entry(&self) -> (&K, &V) {
-        let mut node = self;
-        loop {
-            match node {
-                Node::Internal(n) => node = &n.children[n.children.len() - 1],
-                Node::Leaf(l) => {
-                    let i = l.keys.len() - 1;
-                    return (&l.keys[i], &l.vals[i]);
-                }
-            }
-        }
+    pub(crate) fn last_entry(node: &Arc<Self>) -> (&K, &V) {
+        Self::descend(
+            node,
+            |n| n.children.len() - 1,
+            |l| {
+                let i = l.keys.len() - 1;
+                (&l.keys[i], &l.vals[i])
+            },
+        )
     }
 
-    /// Levels from this node down to the leaves, inclusive.
-    pub(crate) fn height(&self) -> usize {
-        let mut node = self;
+    /// Levels from `node` down to the leaves, inclusive.
+    pub(crate) fn height(node: &Arc<Self>) -> usize {
         let mut h = 1;
-        while let Node::Internal(n) = node {
-            node = &n.children[0];
-            h += 1;
-        }
+        Self::descend(
+            node,
+            |_| {
+                h += 1;
+                0
+            },
+            |_| (),
+        );
         h
     }
 
@@ -241,10 +285,10 @@ impl<K: Ord + Copy, V: Clone, S: Summary<K, V>, const B: usize> Node<K, V, S, B>
     ) -> (Option<V>, Option<Self>) {
         match self {
             Node::Leaf(l) => {
-                let pos = rank_lt(&l.keys, &key);
-                if pos < l.keys.len() && l.keys[pos] == key {
-                    return (Some(std::mem::replace(&mut l.vals[pos], value)), None);
-                }
+                let pos = match l.find(&key) {
+                    Ok(pos) => return (Some(std::mem::replace(&mut l.vals[pos], value)), None),
+                    Err(pos) => pos,
+                };
                 // Same length and position, so both arrays split or neither does.
                 let left = split_point::<B>(pos, right_edge, true);
                 let keys = insert_or_split(&mut l.keys, pos, key, left);
@@ -274,13 +318,9 @@ impl<K: Ord + Copy, V: Clone, S: Summary<K, V>, const B: usize> Node<K, V, S, B>
     pub(crate) fn remove(&mut self, key: &K) -> Option<V> {
         match self {
             Node::Leaf(l) => {
-                let pos = rank_lt(&l.keys, key);
-                if pos < l.keys.len() && l.keys[pos] == *key {
-                    l.keys.remove(pos);
-                    Some(l.vals.remove(pos))
-                } else {
-                    None
-                }
+                let pos = l.find(key).ok()?;
+                l.keys.remove(pos);
+                Some(l.vals.remove(pos))
             }
             Node::Internal(n) => {
                 let i = child_index(&n.keys, key);

@@ -266,9 +266,7 @@ fn grow_then(max: u32, n: usize, rest: Vec<Op>) -> Vec<Op> {
     let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ rest.len() as u64;
     let mut ops: Vec<Op> = (0..n)
         .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
+            let x = xorshift(&mut x);
             Op::Insert((x % u64::from(max)) as u32, (x >> 40) as u32 % 16 + 1)
         })
         .collect();
@@ -402,9 +400,9 @@ fn diff_rows<const B: usize>(
 ) -> Vec<DiffRow> {
     a.diff(b)
         .map(|d| match d {
-            DiffItem::Add(k, v) => (*k, None, Some(*v)),
-            DiffItem::Remove(k, v) => (*k, Some(*v), None),
-            DiffItem::Update { key, old, new } => (*key, Some(*old), Some(*new)),
+            Diff::Add(k, v) => (*k, None, Some(*v)),
+            Diff::Remove(k, v) => (*k, Some(*v), None),
+            Diff::Update { key, old, new } => (*key, Some(*old), Some(*new)),
         })
         .collect()
 }
@@ -495,20 +493,26 @@ fn diff_by_compares_arcs_by_pointer() {
     let v2 = v1.update(7, Arc::new(7));
     assert_eq!(v1.diff(&v2).count(), 0);
     let d: Vec<_> = v1.diff_by(&v2, Arc::ptr_eq).collect();
-    assert!(matches!(d[..], [DiffItem::Update { key: &7, .. }]));
+    assert!(matches!(d[..], [Diff::Update { key: &7, .. }]));
 }
 
 // ---- deterministic ----
 
-/// Tiny xorshift for reproducible shuffles.
+/// Xorshift64 (13, 7, 17), as `tests/support/rng.rs` has it for the integration tests (this
+/// module is packaged with the crate, that file is not): the next number of `state`.
+fn xorshift(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+/// `1..=n` in a reproducible shuffled order (Fisher-Yates).
 fn shuffled(n: u32, seed: u64) -> Vec<u32> {
     let mut v: Vec<u32> = (1..=n).collect();
     let mut x = seed;
     for i in (1..v.len()).rev() {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.swap(i, (x % (i as u64 + 1)) as usize);
+        v.swap(i, (xorshift(&mut x) % (i as u64 + 1)) as usize);
     }
     v
 }
@@ -702,6 +706,35 @@ fn debug_eq_default_and_send_sync() {
     e.extend([(1, 'a'), (2, 'b')]);
     assert_eq!(e, t);
     assert_eq!((&t).into_iter().count(), 2);
+}
+
+#[test]
+fn summary_needs_only_copy() {
+    /// Entries in a subtree: `Copy`, and neither `Debug`, `PartialEq`,
+    /// `Send`, `Sync` nor `'static`.
+    #[derive(Clone, Copy)]
+    struct Count<'a>(usize, std::marker::PhantomData<&'a std::cell::Cell<()>>);
+    impl Summary<u32, u32> for Count<'_> {
+        fn of_entry(_: &u32, _: &u32) -> Self {
+            Count(1, std::marker::PhantomData)
+        }
+        fn combine(self, other: Self) -> Self {
+            Count(self.0 + other.0, std::marker::PhantomData)
+        }
+    }
+
+    let mut t: Tree<u32, u32, Count<'_>, 4> = (0..50).map(|i| (i, i)).collect();
+    t.insert(50, 50);
+    assert_eq!(t.remove(&0), Some(0));
+    assert_eq!(t.summary().map(|c| c.0), Some(50));
+    let entered = t.search(|_, c: &Count<'_>| match c.0 {
+        0 => Visit::Skip,
+        _ => Visit::Enter,
+    });
+    assert_eq!(entered.count(), 50);
+    assert_eq!(t.floor(&100), Some((&50, &50)));
+    // `Debug` for the tree does not ask it of the summary.
+    assert!(format!("{t:?}").starts_with("{1: 1, 2: 2, "));
 }
 
 #[test]
