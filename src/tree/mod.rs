@@ -106,7 +106,7 @@ pub const DEFAULT_B: usize = if cfg!(memslots_small_nodes) { 4 } else { 16 };
 /// changes with edits.
 ///
 /// The tree itself asks only `Copy` of a summary: it is cached by value in the
-/// nodes and copied when they are. [`Tree::check_invariants`] also needs
+/// nodes and copied when they are. `Tree::check_invariants` (feature `invariants`) also needs
 /// `PartialEq`, to compare each cached summary with one recomputed. A tree is
 /// `Send` and `Sync` when its keys, values and summary are.
 ///
