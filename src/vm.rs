@@ -88,8 +88,7 @@ impl<S: Version> Clone for Vm<S> {
 }
 
 impl<S: Version> Vm<S> {
-    /// A handle on a VM made of `core` (the baseline's constructor).
-    #[cfg(feature = "baseline")]
+    /// A handle on a VM made of `core`: what every constructor ends with.
     pub(crate) fn from_core(core: Core<S>) -> Self {
         Self {
             core: Arc::new(core),
@@ -104,9 +103,7 @@ impl Memslots {
     /// Time: O(address spaces).
     #[must_use]
     pub fn new(limits: Limits) -> Self {
-        Self {
-            core: Arc::new(Core::new(limits, Some(Arc::new(())))),
-        }
+        Self::from_core(Core::new(limits, Some(Arc::new(()))))
     }
 
     /// An empty VM whose updates call `hooks` at the kernel's `kvm_arch_*` points.
@@ -114,13 +111,11 @@ impl Memslots {
     /// Time: O(address spaces).
     #[must_use]
     pub fn with_hooks(limits: Limits, hooks: impl ArchHooks + 'static) -> Self {
-        Self {
-            core: Arc::new(Core::with_hooks(
-                limits,
-                Box::new(hooks),
-                Some(Arc::new(())),
-            )),
-        }
+        Self::from_core(Core::with_hooks(
+            limits,
+            Box::new(hooks),
+            Some(Arc::new(())),
+        ))
     }
 
     /// Loom only: a VM whose grace periods lack their fences, to show the model checker catches
@@ -129,9 +124,7 @@ impl Memslots {
     #[doc(hidden)]
     #[must_use]
     pub fn weakened_for_loom(limits: Limits) -> Self {
-        Self {
-            core: Arc::new(Core::weakened(limits, Some(Arc::new(())))),
-        }
+        Self::from_core(Core::weakened(limits, Some(Arc::new(()))))
     }
 }
 
@@ -159,9 +152,7 @@ impl<B: Send + Sync + 'static> Memslots<B> {
     /// ```
     #[must_use]
     pub fn backed(limits: Limits) -> Self {
-        Self {
-            core: Arc::new(Core::new(limits, None)),
-        }
+        Self::from_core(Core::new(limits, None))
     }
 
     /// As [`backed`](Self::backed), with `hooks` called at the kernel's `kvm_arch_*` points.
@@ -169,9 +160,7 @@ impl<B: Send + Sync + 'static> Memslots<B> {
     /// Time: O(address spaces).
     #[must_use]
     pub fn backed_with_hooks(limits: Limits, hooks: impl ArchHooks<B> + 'static) -> Self {
-        Self {
-            core: Arc::new(Core::with_hooks(limits, Box::new(hooks), None)),
-        }
+        Self::from_core(Core::with_hooks(limits, Box::new(hooks), None))
     }
 }
 

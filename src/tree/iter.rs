@@ -34,6 +34,15 @@ fn descend_onto<'a, K, V, S, const B: usize>(
     )
 }
 
+/// A bound's key and whether the bound includes it; `None` when unbounded.
+fn bound_key<K>(bound: Bound<&K>) -> Option<(&K, bool)> {
+    match bound {
+        Bound::Unbounded => None,
+        Bound::Included(k) => Some((k, true)),
+        Bound::Excluded(k) => Some((k, false)),
+    }
+}
+
 /// A position on one entry: the internal nodes on the path with the index of
 /// the child taken, plus the leaf and the index in it.
 pub(crate) struct Cursor<'a, K, V, S, const B: usize> {
@@ -67,10 +76,8 @@ impl<'a, K: Ord, V, S, const B: usize> Cursor<'a, K, V, S, B> {
 
     /// The first entry inside `bound` taken as a lower bound, if any.
     pub(crate) fn lower_bound(root: &'a Arc<Node<K, V, S, B>>, bound: Bound<&K>) -> Option<Self> {
-        let (k, inclusive) = match bound {
-            Bound::Unbounded => return Some(Self::first(root)),
-            Bound::Included(k) => (k, true),
-            Bound::Excluded(k) => (k, false),
+        let Some((k, inclusive)) = bound_key(bound) else {
+            return Some(Self::first(root));
         };
         let mut cursor = Self::descend(root, |n| child_index(&n.keys, k));
         let keys = &cursor.leaf.keys;
@@ -89,10 +96,8 @@ impl<'a, K: Ord, V, S, const B: usize> Cursor<'a, K, V, S, B> {
 
     /// The last entry inside `bound` taken as an upper bound, if any.
     pub(crate) fn upper_bound(root: &'a Arc<Node<K, V, S, B>>, bound: Bound<&K>) -> Option<Self> {
-        let (k, inclusive) = match bound {
-            Bound::Unbounded => return Some(Self::last(root)),
-            Bound::Included(k) => (k, true),
-            Bound::Excluded(k) => (k, false),
+        let Some((k, inclusive)) = bound_key(bound) else {
+            return Some(Self::last(root));
         };
         // Keys inside the bound.
         let inside = |keys: &[K]| {
